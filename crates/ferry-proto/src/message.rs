@@ -1,0 +1,486 @@
+//! Typed requests and replies, and the per-operation rules for bodies.
+//!
+//! A request header is a JSON object with an `id` (chosen by the client, echoed by the reply),
+//! an `op` naming the operation, the operation's fields, and `body_len` when a body follows.
+//! A reply carries the same `id` and either `"ok":true` with the op's result fields, or
+//! `"ok":false` with an error `code` and `message`.
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::digest::{Digest, HashAlgo};
+use crate::error::{ProtoError, WireError};
+use crate::frame::{Header, encode_header, json_kind};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Optional behaviours negotiated in `hello`: a server answers with the ones it shares.
+pub const FEATURES: &[&str] = &["pipelining", "resume", "hash:blake3", "hash:sha256", "hash:md5"];
+
+/// Sizes the decoder and the message checks enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest header accepted once logged in.
+    pub max_header: u32,
+    /// Largest header accepted before login, so an anonymous peer can make us buffer little.
+    pub max_header_prelogin: u32,
+    /// Largest file size a `put` may declare.
+    pub max_file_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header: 64 * 1024,
+            max_header_prelogin: 4 * 1024,
+            max_file_size: 1 << 40,
+        }
+    }
+}
+
+/// A request, tagged by `op` on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// First message of every session: the client's highest protocol version and the
+    /// features it would like.
+    Hello {
+        version: u32,
+        #[serde(default)]
+        features: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    Login {
+        user: String,
+        password: String,
+    },
+    Pwd,
+    Cd {
+        path: String,
+    },
+    Ls {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
+    /// Metadata of one path; with `algo`, the file's hash in that algorithm (computed if not
+    /// yet known).
+    Stat {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algo: Option<HashAlgo>,
+    },
+    Mkdir {
+        path: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        parents: bool,
+    },
+    Rm {
+        path: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        recursive: bool,
+    },
+    Mv {
+        from: String,
+        to: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        overwrite: bool,
+    },
+    /// Upload: the body carries bytes `offset..size` of a file whose whole content hashes to
+    /// `hash`. `offset` is non-zero only when resuming (see [`Request::Resume`]).
+    Put {
+        path: String,
+        size: u64,
+        hash: Digest,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+        #[serde(default, skip_serializing_if = "is_false")]
+        overwrite: bool,
+        /// Modification time to give the file, in Unix seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
+    },
+    /// Asks how many bytes of an interrupted upload of exactly this file the server holds.
+    Resume {
+        path: String,
+        size: u64,
+        hash: Digest,
+    },
+    /// Download bytes `offset..` of a file; the reply carries the whole file's hash in `algo`
+    /// (the hash of record when absent).
+    Get {
+        path: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algo: Option<HashAlgo>,
+    },
+    Quit,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Request {
+    /// Every op this version knows, as written on the wire.
+    pub const OPS: [&'static str; 13] = [
+        "hello", "login", "pwd", "cd", "ls", "stat", "mkdir", "rm", "mv", "put", "resume", "get",
+        "quit",
+    ];
+
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Login { .. } => "login",
+            Request::Pwd => "pwd",
+            Request::Cd { .. } => "cd",
+            Request::Ls { .. } => "ls",
+            Request::Stat { .. } => "stat",
+            Request::Mkdir { .. } => "mkdir",
+            Request::Rm { .. } => "rm",
+            Request::Mv { .. } => "mv",
+            Request::Put { .. } => "put",
+            Request::Resume { .. } => "resume",
+            Request::Get { .. } => "get",
+            Request::Quit => "quit",
+        }
+    }
+
+    /// Checks a declared body length against what this request allows.
+    pub fn check_body(&self, body_len: u64, limits: &Limits) -> Result<(), ProtoError> {
+        match self {
+            Request::Put { size, offset, .. } => {
+                if *size > limits.max_file_size {
+                    return Err(ProtoError::TooLarge {
+                        size: *size,
+                        max: limits.max_file_size,
+                    });
+                }
+                if offset > size {
+                    return Err(ProtoError::BodyMismatch(format!(
+                        "put offset {offset} is past the declared size {size}"
+                    )));
+                }
+                if body_len != size - offset {
+                    return Err(ProtoError::BodyMismatch(format!(
+                        "put of size {size} from offset {offset} must carry {} body bytes, \
+                         declared {body_len}",
+                        size - offset
+                    )));
+                }
+                Ok(())
+            }
+            Request::Resume { size, .. } if *size > limits.max_file_size => {
+                Err(ProtoError::TooLarge {
+                    size: *size,
+                    max: limits.max_file_size,
+                })
+            }
+            _ if body_len != 0 => Err(ProtoError::BodyMismatch(format!(
+                "{} carries no body, but body_len is {body_len}",
+                self.op()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A request with its id and declared body length, as one frame header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub request: Request,
+    pub body_len: u64,
+}
+
+/// A frame header that could not become a request. Its body, if any, is still skipped by the
+/// frame decoder, so the server answers `error` for `id` and reads on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// The request's id, or 0 when it had none that could be read.
+    pub id: u64,
+    pub error: ProtoError,
+}
+
+impl RequestFrame {
+    /// A request that carries no body.
+    pub fn new(id: u64, request: Request) -> Self {
+        RequestFrame {
+            id,
+            request,
+            body_len: 0,
+        }
+    }
+
+    /// Turns a decoded header into a request, checking field types and the body length.
+    pub fn from_header(header: Header, limits: &Limits) -> Result<Self, Rejected> {
+        let Header { mut fields, body_len } = header;
+        let id = take_id(&mut fields).map_err(|error| Rejected { id: 0, error })?;
+        let reject = |error| Rejected { id, error };
+        let op = match fields.get("op") {
+            Some(Value::String(op)) => op.clone(),
+            Some(other) => {
+                return Err(reject(ProtoError::Malformed {
+                    op: "request".into(),
+                    detail: format!("op must be a string, got {}", json_kind(other)),
+                }));
+            }
+            None => {
+                return Err(reject(ProtoError::Malformed {
+                    op: "request".into(),
+                    detail: "missing field `op`".into(),
+                }));
+            }
+        };
+        if !Request::OPS.contains(&op.as_str()) {
+            return Err(reject(ProtoError::UnknownOp(op)));
+        }
+        let request: Request =
+            serde_json::from_value(Value::Object(fields)).map_err(|e| {
+                reject(ProtoError::Malformed {
+                    op: op.clone(),
+                    detail: e.to_string(),
+                })
+            })?;
+        request.check_body(body_len, limits).map_err(reject)?;
+        Ok(RequestFrame {
+            id,
+            request,
+            body_len,
+        })
+    }
+
+    /// The header's JSON fields: `id`, `op`, the op's fields (without `body_len`).
+    pub fn to_fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("id".into(), Value::from(self.id));
+        match serde_json::to_value(&self.request) {
+            Ok(Value::Object(m)) => fields.extend(m),
+            // A tagged enum of plain fields always serializes to an object.
+            other => unreachable!("request serialized to {other:?}"),
+        }
+        fields
+    }
+
+    /// Appends the frame header (not the body) to `dst`.
+    pub fn encode(&self, max_header: u32, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        encode_header(&self.to_fields(), self.body_len, max_header, dst)
+    }
+}
+
+fn take_id(fields: &mut Map<String, Value>) -> Result<u64, ProtoError> {
+    match fields.shift_remove("id") {
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| ProtoError::BadId(n.to_string())),
+        Some(other) => Err(ProtoError::BadId(json_kind(&other).to_owned())),
+        None => Err(ProtoError::BadId("nothing".into())),
+    }
+}
+
+/// What a directory listing or `stat` says about one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Modification time in Unix seconds.
+    pub mtime: i64,
+    /// The hash of record, when the server knows it (always blake3 unless asked otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Digest>,
+}
+
+/// The successful result of a request, tagged by the request's `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Reply {
+    Hello {
+        version: u32,
+        features: Vec<String>,
+        server: String,
+        /// The client's own address as the server sees it, `ip:port`.
+        peer: String,
+        /// Header limit once logged in.
+        max_header: u32,
+    },
+    Login {
+        user: String,
+        cwd: String,
+    },
+    Pwd {
+        cwd: String,
+    },
+    Cd {
+        cwd: String,
+    },
+    Ls {
+        path: String,
+        entries: Vec<Entry>,
+    },
+    Stat(Entry),
+    Mkdir {
+        path: String,
+    },
+    Rm {
+        path: String,
+    },
+    Mv {
+        from: String,
+        to: String,
+    },
+    /// The upload is verified, synced and visible under `path`.
+    Put {
+        path: String,
+        size: u64,
+        hash: Digest,
+    },
+    /// Bytes of the upload the server holds: the next `put` may start at `offset`.
+    Resume {
+        path: String,
+        offset: u64,
+    },
+    /// The body carries bytes `offset..size`; `hash` covers the whole file.
+    Get {
+        path: String,
+        size: u64,
+        offset: u64,
+        mtime: i64,
+        hash: Digest,
+    },
+    Quit,
+}
+
+impl Reply {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Reply::Hello { .. } => "hello",
+            Reply::Login { .. } => "login",
+            Reply::Pwd { .. } => "pwd",
+            Reply::Cd { .. } => "cd",
+            Reply::Ls { .. } => "ls",
+            Reply::Stat(_) => "stat",
+            Reply::Mkdir { .. } => "mkdir",
+            Reply::Rm { .. } => "rm",
+            Reply::Mv { .. } => "mv",
+            Reply::Put { .. } => "put",
+            Reply::Resume { .. } => "resume",
+            Reply::Get { .. } => "get",
+            Reply::Quit => "quit",
+        }
+    }
+
+    /// The body length this reply must declare.
+    pub fn expected_body(&self) -> u64 {
+        match self {
+            Reply::Get { size, offset, .. } => size.saturating_sub(*offset),
+            _ => 0,
+        }
+    }
+}
+
+/// A reply with its id and declared body length, as one frame header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyFrame {
+    pub id: u64,
+    pub result: Result<Reply, WireError>,
+    pub body_len: u64,
+}
+
+impl ReplyFrame {
+    /// A successful reply, with the body length its op implies.
+    pub fn ok(id: u64, reply: Reply) -> Self {
+        let body_len = reply.expected_body();
+        ReplyFrame {
+            id,
+            result: Ok(reply),
+            body_len,
+        }
+    }
+
+    pub fn err(id: u64, error: WireError) -> Self {
+        ReplyFrame {
+            id,
+            result: Err(error),
+            body_len: 0,
+        }
+    }
+
+    /// Turns a decoded header into a reply, checking field types and the body length.
+    pub fn from_header(header: Header) -> Result<Self, Rejected> {
+        let Header { mut fields, body_len } = header;
+        let id = take_id(&mut fields).map_err(|error| Rejected { id: 0, error })?;
+        let reject = |error| Rejected { id, error };
+        let malformed = |detail: String| {
+            reject(ProtoError::Malformed {
+                op: "reply".into(),
+                detail,
+            })
+        };
+        let ok = match fields.shift_remove("ok") {
+            Some(Value::Bool(b)) => b,
+            Some(other) => return Err(malformed(format!("ok must be a boolean, got {}", json_kind(&other)))),
+            None => return Err(malformed("missing field `ok`".into())),
+        };
+        let result = if ok {
+            let reply: Reply = serde_json::from_value(Value::Object(fields))
+                .map_err(|e| malformed(e.to_string()))?;
+            if body_len != reply.expected_body() {
+                return Err(reject(ProtoError::BodyMismatch(format!(
+                    "{} reply must carry {} body bytes, declared {body_len}",
+                    reply.op(),
+                    reply.expected_body()
+                ))));
+            }
+            Ok(reply)
+        } else {
+            if body_len != 0 {
+                return Err(reject(ProtoError::BodyMismatch(
+                    "an error reply carries no body".into(),
+                )));
+            }
+            let err: WireError = serde_json::from_value(Value::Object(fields))
+                .map_err(|e| malformed(e.to_string()))?;
+            Err(err)
+        };
+        Ok(ReplyFrame {
+            id,
+            result,
+            body_len,
+        })
+    }
+
+    pub fn to_fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("id".into(), Value::from(self.id));
+        fields.insert("ok".into(), Value::from(self.result.is_ok()));
+        let rest = match &self.result {
+            Ok(reply) => serde_json::to_value(reply),
+            Err(err) => serde_json::to_value(err),
+        };
+        match rest {
+            Ok(Value::Object(m)) => fields.extend(m),
+            other => unreachable!("reply serialized to {other:?}"),
+        }
+        fields
+    }
+
+    /// Appends the frame header (not the body) to `dst`.
+    pub fn encode(&self, max_header: u32, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        encode_header(&self.to_fields(), self.body_len, max_header, dst)
+    }
+}

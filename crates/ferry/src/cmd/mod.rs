@@ -1,0 +1,43 @@
+//! One module per command. Each exposes clap argument types and a `run`-style function
+//! returning the process exit code.
+
+pub mod client;
+pub mod demo;
+pub mod serve;
+pub mod udp;
+pub mod user;
+
+/// Exit codes, documented in README.md:
+/// 0 success, 1 generic failure, 2 usage error (clap's own), 3 connection/network failure,
+/// 4 authentication failure, 5 remote error (not found, permission, …), 6 verification failure.
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const NETWORK: u8 = 3;
+    pub const AUTH: u8 = 4;
+    pub const REMOTE: u8 = 5;
+    pub const VERIFY: u8 = 6;
+}
+
+/// Picks the exit code for an error that reached `main`.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    use ferry_proto::ErrorCode;
+    for cause in err.chain() {
+        if let Some(wire) = cause.downcast_ref::<ferry_proto::WireError>() {
+            return match wire.code {
+                ErrorCode::AuthFailed | ErrorCode::AuthRequired => exit::AUTH,
+                ErrorCode::ChecksumMismatch => exit::VERIFY,
+                _ => exit::REMOTE,
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | UnexpectedEof
+            ) {
+                return exit::NETWORK;
+            }
+        }
+    }
+    exit::FAILURE
+}

@@ -1,0 +1,100 @@
+//! The `ferry` binary: parses the command line, sets up logging and hands off to one module
+//! per command under `cmd/`. Everything else lives in the library crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// A multi-user file server and client with verified, resumable transfers.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (e.g. `info`, `ferry=debug`); also read from FERRY_LOG.
+    #[arg(long, global = true, env = "FERRY_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the file server.
+    Serve(cmd::serve::Args),
+    /// Manage the server's users (runs against the data root, not over the network).
+    #[command(subcommand)]
+    User(cmd::user::Command),
+    /// Upload files or directories.
+    Put(cmd::client::PutArgs),
+    /// Download files or directories.
+    Get(cmd::client::GetArgs),
+    /// List a remote directory.
+    Ls(cmd::client::LsArgs),
+    /// Show metadata (and optionally a hash) of remote paths.
+    Stat(cmd::client::StatArgs),
+    /// Create remote directories.
+    Mkdir(cmd::client::MkdirArgs),
+    /// Remove remote files or directories.
+    Rm(cmd::client::RmArgs),
+    /// Move or rename within your home.
+    Mv(cmd::client::MvArgs),
+    /// Print the remote working directory (your home's root).
+    Pwd(cmd::client::PwdArgs),
+    /// An interactive session, like sftp's prompt.
+    Shell(cmd::client::ShellArgs),
+    /// The course's UDP echo server, its client, and a loss/RTT ping.
+    #[command(subcommand)]
+    Udp(cmd::udp::Command),
+    /// Demonstrations of how the protocol works.
+    #[command(subcommand)]
+    Demo(cmd::demo::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::User(c) => cmd::user::run(c),
+        Command::Put(a) => cmd::client::put(a),
+        Command::Get(a) => cmd::client::get(a),
+        Command::Ls(a) => cmd::client::ls(a),
+        Command::Stat(a) => cmd::client::stat(a),
+        Command::Mkdir(a) => cmd::client::mkdir(a),
+        Command::Rm(a) => cmd::client::rm(a),
+        Command::Mv(a) => cmd::client::mv(a),
+        Command::Pwd(a) => cmd::client::pwd(a),
+        Command::Shell(a) => cmd::client::shell(a),
+        Command::Udp(c) => cmd::udp::run(c),
+        Command::Demo(c) => cmd::demo::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed stdout (`ferry ls | head`) is not a failure worth reporting.
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ferry: {err:#}");
+            ExitCode::from(cmd::exit_code_for(&err))
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
