@@ -28,6 +28,9 @@ pub struct Limits {
     pub max_header_prelogin: u32,
     /// Largest file size a `put` may declare.
     pub max_file_size: u64,
+    /// Largest reply header a client accepts. Replies may be far larger than requests (an `ls`
+    /// of a directory with thousands of entries), and come from the server the client chose.
+    pub max_reply_header: u32,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_header: 64 * 1024,
             max_header_prelogin: 4 * 1024,
             max_file_size: 1 << 40,
+            max_reply_header: 16 * 1024 * 1024,
         }
     }
 }
