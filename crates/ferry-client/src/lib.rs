@@ -1,1 +1,25 @@
-//! Placeholder; filled in by its issue.
+//! ferry's client library: a session with a ferry server, its commands, and verified,
+//! resumable, pipelined transfers.
+//!
+//! # Layout
+//!
+//! - [`Client`] (`client.rs`): connect, greet, log in, and the one-shot commands (`ls`, `cd`,
+//!   `mkdir`, …), plus [`Client::call_many`] to pipeline many of them in one round trip.
+//! - `transfer.rs`: [`Client::put_files`] and [`Client::get_files`], which pipeline many files
+//!   over one connection, verify every byte against the hash of record, and resume.
+//! - `conn.rs`: the framed reader and writer halves over the socket (sendfile for uploads).
+//! - [`Progress`]: hooks the CLI uses to draw progress bars; the library prints nothing.
+
+mod client;
+mod conn;
+mod error;
+mod progress;
+mod transfer;
+
+pub use client::{Client, ServerHello};
+pub use error::{ClientError, Result};
+pub use progress::{NoProgress, Progress};
+pub use transfer::{
+    GetItem, GetOptions, GetOutcome, LARGE_FILE, PARTIAL_SUFFIX, PutItem, PutOptions, PutOutcome,
+    hash_file,
+};

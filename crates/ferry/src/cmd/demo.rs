@@ -66,7 +66,8 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
     for (i, piece) in pieces.iter().enumerate() {
         let end = offset + piece.len();
         let starts = boundaries.iter().filter(|&&b| b > offset && b < end).count();
-        let cut = !boundaries.contains(&end);
+        // A piece is split if it ends inside a message or begins inside one.
+        let cut = !boundaries.contains(&end) || (offset != 0 && !boundaries.contains(&offset));
         let note = match (starts > 0, cut) {
             (true, true) => "merged and split",
             (true, false) => "merged",

@@ -1,0 +1,287 @@
+//! A logged-in session with a ferry server and its commands.
+
+use ferry_proto::{
+    Entry, HashAlgo, Limits, PROTOCOL_VERSION, Reply, ReplyFrame, Request, RequestFrame,
+};
+use tokio::net::TcpStream;
+
+use crate::conn::{Connection, IO_CHUNK};
+use crate::error::{ClientError, Result};
+
+/// What the server said in its greeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHello {
+    pub version: u32,
+    pub features: Vec<String>,
+    pub server: String,
+    /// Our own address as the server sees it.
+    pub peer: String,
+    pub max_header: u32,
+}
+
+/// One session with a server: connect, greet, log in, then issue commands.
+pub struct Client {
+    pub(crate) conn: Connection,
+    next_id: u64,
+    hello: ServerHello,
+    pub(crate) scratch: Vec<u8>,
+}
+
+impl Client {
+    /// Connects and exchanges greetings.
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError::io(format!("connecting to {addr}"), e))?;
+        let limits = Limits::default();
+        let mut conn = Connection::new(stream, limits.max_reply_header);
+        // Until the server tells us its limit, stay under the pre-login one.
+        conn.set_send_max_header(limits.max_header_prelogin);
+        let mut client = Client {
+            conn,
+            next_id: 1,
+            hello: ServerHello {
+                version: 0,
+                features: Vec::new(),
+                server: String::new(),
+                peer: String::new(),
+                max_header: limits.max_header,
+            },
+            scratch: Vec::new(),
+        };
+        let reply = client
+            .call(Request::Hello {
+                version: PROTOCOL_VERSION,
+                features: ferry_proto::message::FEATURES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                client: Some(format!("ferry/{}", env!("CARGO_PKG_VERSION"))),
+            })
+            .await?;
+        match reply {
+            Reply::Hello {
+                version,
+                features,
+                server,
+                peer,
+                max_header,
+            } => {
+                client.hello = ServerHello {
+                    version,
+                    features,
+                    server,
+                    peer,
+                    max_header,
+                };
+            }
+            other => return Err(unexpected("hello", &other)),
+        }
+        Ok(client)
+    }
+
+    pub fn hello(&self) -> &ServerHello {
+        &self.hello
+    }
+
+    pub fn server_addr(&self) -> Option<std::net::SocketAddr> {
+        self.conn.peer_addr().ok()
+    }
+
+    /// Logs in; returns the starting working directory.
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<String> {
+        let reply = self
+            .call(Request::Login {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            })
+            .await?;
+        match reply {
+            Reply::Login { cwd, .. } => {
+                self.conn.set_send_max_header(self.hello.max_header);
+                Ok(cwd)
+            }
+            other => Err(unexpected("login", &other)),
+        }
+    }
+
+    pub(crate) fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub(crate) fn scratch(&mut self) -> Vec<u8> {
+        let mut s = std::mem::take(&mut self.scratch);
+        if s.len() < IO_CHUNK {
+            s.resize(IO_CHUNK, 0);
+        }
+        s
+    }
+
+    /// Sends one request without a body and waits for its reply. A reply body, if any, is
+    /// discarded (use the transfer functions for downloads).
+    pub async fn call(&mut self, request: Request) -> Result<Reply> {
+        let id = self.next_id();
+        let frame = RequestFrame::new(id, request);
+        let mut scratch = self.scratch();
+        let (mut reader, mut writer) = self.conn.split();
+        writer.queue(&frame).await?;
+        writer.flush().await?;
+        let reply = reader.read_reply().await?;
+        if reply.body_len > 0 {
+            reader.skip_body(&mut scratch).await?;
+        }
+        self.scratch = scratch;
+        check_id(&reply, id)?;
+        Ok(reply.result?)
+    }
+
+    /// Sends many body-less requests at once and returns their results in order: one round
+    /// trip for the lot.
+    pub async fn call_many(&mut self, requests: Vec<Request>) -> Result<Vec<Result<Reply>>> {
+        let first = self.next_id;
+        self.next_id += requests.len() as u64;
+        let count = requests.len();
+        let mut scratch = self.scratch();
+        let (mut reader, mut writer) = self.conn.split();
+        let send = async {
+            for (i, request) in requests.into_iter().enumerate() {
+                writer
+                    .queue(&RequestFrame::new(first + i as u64, request))
+                    .await?;
+            }
+            writer.flush().await
+        };
+        let receive = async {
+            let mut out = Vec::with_capacity(count);
+            for i in 0..count {
+                let reply = reader.read_reply().await?;
+                if reply.body_len > 0 {
+                    reader.skip_body(&mut scratch).await?;
+                }
+                check_id(&reply, first + i as u64)?;
+                out.push(reply.result.map_err(ClientError::from));
+            }
+            Ok::<_, ClientError>(out)
+        };
+        let (sent, received) = tokio::join!(send, receive);
+        self.scratch = scratch;
+        sent?;
+        received
+    }
+
+    pub async fn pwd(&mut self) -> Result<String> {
+        match self.call(Request::Pwd).await? {
+            Reply::Pwd { cwd } => Ok(cwd),
+            other => Err(unexpected("pwd", &other)),
+        }
+    }
+
+    pub async fn cd(&mut self, path: &str) -> Result<String> {
+        match self
+            .call(Request::Cd {
+                path: path.to_owned(),
+            })
+            .await?
+        {
+            Reply::Cd { cwd } => Ok(cwd),
+            other => Err(unexpected("cd", &other)),
+        }
+    }
+
+    /// Lists a directory (or describes one file); `None` lists the working directory.
+    pub async fn ls(&mut self, path: Option<&str>) -> Result<(String, Vec<Entry>)> {
+        match self
+            .call(Request::Ls {
+                path: path.map(str::to_owned),
+            })
+            .await?
+        {
+            Reply::Ls { path, entries } => Ok((path, entries)),
+            other => Err(unexpected("ls", &other)),
+        }
+    }
+
+    pub async fn stat(&mut self, path: &str, algo: Option<HashAlgo>) -> Result<Entry> {
+        match self
+            .call(Request::Stat {
+                path: path.to_owned(),
+                algo,
+            })
+            .await?
+        {
+            Reply::Stat(entry) => Ok(entry),
+            other => Err(unexpected("stat", &other)),
+        }
+    }
+
+    pub async fn mkdir(&mut self, path: &str, parents: bool) -> Result<String> {
+        match self
+            .call(Request::Mkdir {
+                path: path.to_owned(),
+                parents,
+            })
+            .await?
+        {
+            Reply::Mkdir { path } => Ok(path),
+            other => Err(unexpected("mkdir", &other)),
+        }
+    }
+
+    pub async fn rm(&mut self, path: &str, recursive: bool) -> Result<String> {
+        match self
+            .call(Request::Rm {
+                path: path.to_owned(),
+                recursive,
+            })
+            .await?
+        {
+            Reply::Rm { path } => Ok(path),
+            other => Err(unexpected("rm", &other)),
+        }
+    }
+
+    pub async fn mv(&mut self, from: &str, to: &str, overwrite: bool) -> Result<(String, String)> {
+        match self
+            .call(Request::Mv {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                overwrite,
+            })
+            .await?
+        {
+            Reply::Mv { from, to } => Ok((from, to)),
+            other => Err(unexpected("mv", &other)),
+        }
+    }
+
+    /// Says goodbye; the server closes the connection after answering.
+    pub async fn quit(mut self) -> Result<()> {
+        match self.call(Request::Quit).await {
+            Ok(Reply::Quit) | Err(ClientError::Closed) => Ok(()),
+            Ok(other) => Err(unexpected("quit", &other)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+pub(crate) fn check_id(reply: &ReplyFrame, id: u64) -> Result<()> {
+    // Id 0 is the server speaking for the connection (busy, timeout, a fatal frame error).
+    if reply.id == 0 {
+        if let Err(e) = &reply.result {
+            return Err(ClientError::Remote(e.clone()));
+        }
+    }
+    if reply.id != id {
+        return Err(ClientError::Unexpected(format!(
+            "reply id {} where {id} was expected",
+            reply.id
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn unexpected(op: &str, reply: &Reply) -> ClientError {
+    ClientError::Unexpected(format!("{} reply to a {op} request", reply.op()))
+}

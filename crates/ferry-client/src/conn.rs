@@ -1,0 +1,262 @@
+//! Framed IO over one TCP connection: a reader and a writer half that can run concurrently,
+//! which pipelining needs (a client that only writes while the server only writes back would
+//! deadlock once both socket buffers fill).
+
+use std::os::fd::AsRawFd;
+
+use bytes::BytesMut;
+use ferry_proto::{FrameDecoder, FrameEvent, ReplyFrame, RequestFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use crate::error::{ClientError, Result};
+
+/// Size of the buffers used to move bodies: large, so a gigabyte costs few system calls.
+pub(crate) const IO_CHUNK: usize = 1 << 20;
+
+/// Queued outgoing bytes are flushed once they exceed this, so many small frames share one
+/// write without holding much memory.
+const WRITE_COALESCE: usize = 256 * 1024;
+
+pub(crate) struct Connection {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Header limit for what we send (the server's, learned in hello).
+    send_max_header: u32,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: TcpStream, recv_max_header: u32) -> Self {
+        // Latency matters more than packet count for request/response: Nagle would delay
+        // small frames behind the previous reply's ACK.
+        let _ = stream.set_nodelay(true);
+        Connection {
+            stream,
+            decoder: FrameDecoder::new(recv_max_header),
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            send_max_header: 64 * 1024,
+        }
+    }
+
+    pub(crate) fn set_send_max_header(&mut self, max: u32) {
+        self.send_max_header = max;
+    }
+
+    pub(crate) fn split(&mut self) -> (FrameReader<'_>, FrameWriter<'_>) {
+        let (r, w) = self.stream.split();
+        (
+            FrameReader {
+                half: r,
+                decoder: &mut self.decoder,
+                rbuf: &mut self.rbuf,
+            },
+            FrameWriter {
+                half: w,
+                wbuf: &mut self.wbuf,
+                max_header: self.send_max_header,
+            },
+        )
+    }
+
+    pub(crate) fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+}
+
+pub(crate) struct FrameReader<'a> {
+    half: ReadHalf<'a>,
+    decoder: &'a mut FrameDecoder,
+    rbuf: &'a mut BytesMut,
+}
+
+impl FrameReader<'_> {
+    /// Reads the next reply header. Any body it declares must then be read with
+    /// [`FrameReader::read_body`] or [`FrameReader::skip_body`].
+    pub(crate) async fn read_reply(&mut self) -> Result<ReplyFrame> {
+        debug_assert!(self.decoder.at_frame_boundary());
+        loop {
+            match self.decoder.decode(self.rbuf)? {
+                Some(FrameEvent::Header(h)) => {
+                    return ReplyFrame::from_header(h).map_err(|r| ClientError::Proto(r.error));
+                }
+                Some(FrameEvent::Body(_)) => {
+                    return Err(ClientError::Unexpected("body bytes between replies".into()));
+                }
+                None => {}
+            }
+            let n = self
+                .half
+                .read_buf(self.rbuf)
+                .await
+                .map_err(|e| ClientError::io("reading from server", e))?;
+            if n == 0 {
+                return Err(match self.decoder.finish(self.rbuf) {
+                    Ok(()) => ClientError::Closed,
+                    Err(e) => ClientError::Proto(e),
+                });
+            }
+        }
+    }
+
+    /// Hands every byte of the current body to `sink`, in large pieces.
+    pub(crate) async fn read_body(
+        &mut self,
+        scratch: &mut [u8],
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        while self.decoder.body_remaining() > 0 {
+            if !self.rbuf.is_empty() {
+                if let Some(FrameEvent::Body(chunk)) = self.decoder.decode(self.rbuf)? {
+                    sink(&chunk)?;
+                }
+                continue;
+            }
+            // Nothing buffered: read straight into the scratch buffer, skipping a copy.
+            let want = self.decoder.body_remaining().min(scratch.len() as u64) as usize;
+            let n = self
+                .half
+                .read(&mut scratch[..want])
+                .await
+                .map_err(|e| ClientError::io("reading from server", e))?;
+            if n == 0 {
+                return Err(ClientError::Proto(ferry_proto::ProtoError::Truncated(
+                    "inside a body",
+                )));
+            }
+            self.decoder.consume_body(n as u64);
+            sink(&scratch[..n])?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn skip_body(&mut self, scratch: &mut [u8]) -> Result<()> {
+        self.read_body(scratch, |_| Ok(())).await
+    }
+}
+
+pub(crate) struct FrameWriter<'a> {
+    half: WriteHalf<'a>,
+    wbuf: &'a mut BytesMut,
+    max_header: u32,
+}
+
+impl FrameWriter<'_> {
+    /// Queues a request header; call [`FrameWriter::flush`] (or queue enough) to send it.
+    pub(crate) async fn queue(&mut self, frame: &RequestFrame) -> Result<()> {
+        frame.encode(self.max_header, self.wbuf)?;
+        self.flush_if_full().await
+    }
+
+    /// Queues body bytes after a queued header.
+    pub(crate) async fn queue_body(&mut self, bytes: &[u8]) -> Result<()> {
+        self.wbuf.extend_from_slice(bytes);
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> Result<()> {
+        if self.wbuf.len() >= WRITE_COALESCE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        if !self.wbuf.is_empty() {
+            self.half
+                .write_all(self.wbuf)
+                .await
+                .map_err(|e| ClientError::io("writing to server", e))?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes of `file` from `offset` as the body already announced, zero-copy
+    /// with sendfile(2) where the kernel allows, falling back to read/write otherwise.
+    pub(crate) async fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+        progress: &dyn crate::Progress,
+    ) -> Result<()> {
+        self.flush().await?;
+        let stream: &TcpStream = self.half.as_ref();
+        let sock = stream.as_raw_fd();
+        let fd = file.as_raw_fd();
+        let mut off = offset as libc::off_t;
+        let mut remaining = len;
+        while remaining > 0 {
+            stream
+                .writable()
+                .await
+                .map_err(|e| ClientError::io("writing to server", e))?;
+            let count = remaining.min(1 << 30) as usize;
+            let res = stream.try_io(Interest::WRITABLE, || {
+                // SAFETY: both descriptors are open for the duration of the call, and `off`
+                // is a valid pointer to a local.
+                let n = unsafe { libc::sendfile(sock, fd, &mut off, count) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as u64)
+                }
+            });
+            match res {
+                Ok(0) => {
+                    return Err(ClientError::Local(
+                        "file shrank while it was being sent".into(),
+                    ));
+                }
+                Ok(n) => {
+                    remaining -= n;
+                    progress.advance(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL)
+                    || e.raw_os_error() == Some(libc::ENOSYS) =>
+                {
+                    return self
+                        .copy_file(file, off as u64, remaining, progress)
+                        .await;
+                }
+                Err(e) => return Err(ClientError::io("sending file", e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_file(
+        &mut self,
+        file: &std::fs::File,
+        mut offset: u64,
+        mut remaining: u64,
+        progress: &dyn crate::Progress,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; IO_CHUNK];
+        while remaining > 0 {
+            let want = remaining.min(buf.len() as u64) as usize;
+            let n = file
+                .read_at(&mut buf[..want], offset)
+                .map_err(|e| ClientError::io("reading local file", e))?;
+            if n == 0 {
+                return Err(ClientError::Local(
+                    "file shrank while it was being sent".into(),
+                ));
+            }
+            self.half
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| ClientError::io("writing to server", e))?;
+            offset += n as u64;
+            remaining -= n as u64;
+            progress.advance(n as u64);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! The client's typed errors.
+
+use ferry_proto::{Digest, ErrorCode, ProtoError, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection or a local file failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server sent bytes that are not valid protocol.
+    #[error("protocol error from server: {0}")]
+    Proto(#[from] ProtoError),
+    /// The server answered the request with an error.
+    #[error("{0}")]
+    Remote(#[from] WireError),
+    /// A transfer's bytes did not hash to what the other side declared.
+    #[error("{path}: checksum mismatch: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        path: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    /// The server answered something that does not fit the request.
+    #[error("unexpected reply from server: {0}")]
+    Unexpected(String),
+    /// The server closed the connection.
+    #[error("server closed the connection")]
+    Closed,
+    /// A local precondition failed (e.g. a directory where a file is expected).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl ClientError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ClientError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The wire error code, when the server answered with one.
+    pub fn remote_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Remote(w) => Some(w.code),
+            ClientError::ChecksumMismatch { .. } => Some(ErrorCode::ChecksumMismatch),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection can still be used after this error.
+    pub fn connection_usable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Remote(_) | ClientError::ChecksumMismatch { .. } | ClientError::Local(_)
+        )
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,587 @@
+//! Verified, resumable, pipelined uploads and downloads.
+//!
+//! Both directions pipeline: a writer sends every request (and every upload body) while a
+//! reader takes the replies in order, so many small files cost no round trip each. The writer
+//! tells the reader, through a channel, what each reply will be for.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use ferry_proto::{Digest, HashAlgo, Hasher, Reply, Request, RequestFrame};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::client::{Client, check_id, unexpected};
+use crate::error::{ClientError, Result};
+use crate::progress::Progress;
+
+/// Files at least this large are asked about (`resume`) before upload, and read with
+/// sendfile instead of into memory.
+pub const LARGE_FILE: u64 = 1 << 20;
+
+/// Suffix of a download in progress, beside its final name.
+pub const PARTIAL_SUFFIX: &str = ".ferry-part";
+/// Suffix of the record that says which remote file a partial download belongs to.
+const PARTIAL_META_SUFFIX: &str = ".ferry-part.json";
+
+#[derive(Debug, Clone)]
+pub struct PutItem {
+    pub local: PathBuf,
+    /// Remote path of the file (not of its directory).
+    pub remote: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub overwrite: bool,
+    /// Continue interrupted uploads of the same file (same path, size and hash).
+    pub resume: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PutOutcome {
+    pub remote: String,
+    pub size: u64,
+    pub hash: Digest,
+    /// Bytes the server already held from an interrupted upload.
+    pub resumed_from: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GetItem {
+    pub remote: String,
+    /// Local path of the file (not of its directory).
+    pub local: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// Continue an interrupted download from its local partial.
+    pub resume: bool,
+    /// Ask the server for the hash in this algorithm instead of its hash of record.
+    pub algo: Option<HashAlgo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GetOutcome {
+    pub remote: String,
+    pub local: PathBuf,
+    pub size: u64,
+    pub hash: Digest,
+    pub resumed_from: u64,
+}
+
+/// Hashes a local file with blake3, reading it in large pieces.
+pub fn hash_file(path: &Path, algo: HashAlgo) -> Result<Digest> {
+    let mut file = File::open(path).map_err(|e| ClientError::io(path.display().to_string(), e))?;
+    let mut hasher = Hasher::new(algo);
+    let mut buf = vec![0u8; crate::conn::IO_CHUNK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| ClientError::io(path.display().to_string(), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize())
+}
+
+/// What the writer sent for one item, so the reader knows what the next reply is for.
+enum PutSent {
+    Request { index: usize, id: u64, offset: u64 },
+    LocalError { index: usize, error: ClientError },
+}
+
+/// A large file's identity, worked out before the upload so `resume` can be asked.
+struct Prepared {
+    size: u64,
+    hash: Digest,
+    offset: u64,
+}
+
+impl Client {
+    /// Uploads files, pipelined, each verified by the server against the hash we declare.
+    /// Returns one result per item, in order; the outer error means the connection failed.
+    pub async fn put_files(
+        &mut self,
+        items: &[PutItem],
+        opts: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Result<PutOutcome>>> {
+        let prepared = self.prepare_large_puts(items, opts).await?;
+        let first_id = self.reserve_ids(items.len());
+        let (mut reader, mut writer) = self.conn.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<PutSent>();
+
+        let send = async {
+            for (index, item) in items.iter().enumerate() {
+                let id = first_id + index as u64;
+                match send_one_put(&mut writer, id, item, prepared[index].as_ref(), opts, progress)
+                    .await
+                {
+                    Ok(offset) => {
+                        let _ = tx.send(PutSent::Request { index, id, offset });
+                    }
+                    Err(error) if error.connection_usable() => {
+                        let _ = tx.send(PutSent::LocalError { index, error });
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            drop(tx);
+            writer.flush().await
+        };
+        let receive = async {
+            let mut results: Vec<Option<Result<PutOutcome>>> =
+                (0..items.len()).map(|_| None).collect();
+            while let Some(sent) = rx.recv().await {
+                match sent {
+                    PutSent::LocalError { index, error } => {
+                        progress.finish_file(&items[index].remote, false);
+                        results[index] = Some(Err(error));
+                    }
+                    PutSent::Request { index, id, offset } => {
+                        let reply = reader.read_reply().await?;
+                        check_id(&reply, id)?;
+                        let outcome = match reply.result {
+                            Ok(Reply::Put { path, size, hash }) => Ok(PutOutcome {
+                                remote: path,
+                                size,
+                                hash,
+                                resumed_from: offset,
+                            }),
+                            Ok(other) => Err(unexpected("put", &other)),
+                            Err(e) => Err(ClientError::Remote(e)),
+                        };
+                        progress.finish_file(&items[index].remote, outcome.is_ok());
+                        results[index] = Some(outcome);
+                    }
+                }
+            }
+            Ok::<_, ClientError>(results)
+        };
+        let (sent, received) = tokio::join!(send, receive);
+        sent?;
+        Ok(received?
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+            .collect())
+    }
+
+    /// Hashes the large files and asks, in one pipelined round, how much of each the server
+    /// already holds from an interrupted upload.
+    async fn prepare_large_puts(
+        &mut self,
+        items: &[PutItem],
+        opts: &PutOptions,
+    ) -> Result<Vec<Option<Prepared>>> {
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(items.len());
+        let mut asks = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let size = match fs::metadata(&item.local) {
+                Ok(m) if m.is_file() && m.len() >= LARGE_FILE => m.len(),
+                _ => {
+                    prepared.push(None);
+                    continue;
+                }
+            };
+            let hash = match hash_file(&item.local, HashAlgo::Blake3) {
+                Ok(h) => h,
+                Err(_) => {
+                    // The send step reports the error for this item.
+                    prepared.push(None);
+                    continue;
+                }
+            };
+            if opts.resume {
+                asks.push((
+                    index,
+                    Request::Resume {
+                        path: item.remote.clone(),
+                        size,
+                        hash: hash.clone(),
+                    },
+                ));
+            }
+            prepared.push(Some(Prepared {
+                size,
+                hash,
+                offset: 0,
+            }));
+        }
+        if !asks.is_empty() {
+            let (indexes, requests): (Vec<usize>, Vec<Request>) = asks.into_iter().unzip();
+            let replies = self.call_many(requests).await?;
+            for (index, reply) in indexes.into_iter().zip(replies) {
+                // A failed `resume` (say, the directory is gone) just means starting at 0;
+                // the put itself reports the real problem.
+                if let Ok(Reply::Resume { offset, .. }) = reply {
+                    if let Some(p) = prepared[index].as_mut() {
+                        p.offset = offset.min(p.size);
+                    }
+                }
+            }
+        }
+        Ok(prepared)
+    }
+
+    fn reserve_ids(&mut self, n: usize) -> u64 {
+        let first = self.next_id();
+        for _ in 1..n {
+            self.next_id();
+        }
+        first
+    }
+
+    /// Downloads files, pipelined, each verified against the server's hash before it takes
+    /// its final name. Returns one result per item, in order.
+    pub async fn get_files(
+        &mut self,
+        items: &[GetItem],
+        opts: &GetOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Result<GetOutcome>>> {
+        let mut results = self.get_round(items, opts, progress).await?;
+        // A partial that turned out to belong to another file is thrown away and the download
+        // done again from the start, once.
+        let retry: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(GetRetry::Restart)))
+            .map(|(i, _)| i)
+            .collect();
+        if !retry.is_empty() {
+            let again: Vec<GetItem> = retry.iter().map(|&i| items[i].clone()).collect();
+            let fresh = GetOptions {
+                resume: false,
+                ..opts.clone()
+            };
+            let redone = self.get_round(&again, &fresh, progress).await?;
+            for (i, r) in retry.into_iter().zip(redone) {
+                results[i] = r;
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    GetRetry::Failed(e) => e,
+                    GetRetry::Restart => ClientError::Local("download restarted twice".into()),
+                })
+            })
+            .collect())
+    }
+
+    async fn get_round(
+        &mut self,
+        items: &[GetItem],
+        opts: &GetOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Result<GetOutcome, GetRetry>>> {
+        let first_id = self.reserve_ids(items.len());
+        let mut scratch = self.scratch();
+        let (mut reader, mut writer) = self.conn.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Option<PartialMeta>)>();
+
+        let send = async {
+            for (index, item) in items.iter().enumerate() {
+                let id = first_id + index as u64;
+                let held = if opts.resume {
+                    PartialMeta::load(&item.local, &item.remote)
+                } else {
+                    None
+                };
+                let offset = held.as_ref().map_or(0, |m| m.held);
+                writer
+                    .queue(&RequestFrame::new(
+                        id,
+                        Request::Get {
+                            path: item.remote.clone(),
+                            offset,
+                            algo: opts.algo,
+                        },
+                    ))
+                    .await?;
+                let _ = tx.send((index, id, held));
+            }
+            drop(tx);
+            writer.flush().await
+        };
+        let receive = async {
+            let mut results = Vec::with_capacity(items.len());
+            while let Some((index, id, held)) = rx.recv().await {
+                let item = &items[index];
+                let reply = reader.read_reply().await?;
+                check_id(&reply, id)?;
+                let (size, offset, mtime, hash) = match reply.result {
+                    Ok(Reply::Get {
+                        size,
+                        offset,
+                        mtime,
+                        hash,
+                        ..
+                    }) => (size, offset, mtime, hash),
+                    Ok(other) => {
+                        results.push(Err(GetRetry::Failed(unexpected("get", &other))));
+                        continue;
+                    }
+                    Err(e) => {
+                        progress.finish_file(&item.remote, false);
+                        results.push(Err(GetRetry::Failed(ClientError::Remote(e))));
+                        continue;
+                    }
+                };
+                if let Some(h) = &held {
+                    if h.size != size || h.hash != hash || offset != h.held {
+                        reader.skip_body(&mut scratch).await?;
+                        PartialMeta::discard(&item.local);
+                        results.push(Err(GetRetry::Restart));
+                        continue;
+                    }
+                }
+                progress.start_file(&item.remote, size, offset);
+                let mut sink = match DownloadSink::open(item, size, offset, &hash) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        reader.skip_body(&mut scratch).await?;
+                        progress.finish_file(&item.remote, false);
+                        results.push(Err(GetRetry::Failed(e)));
+                        continue;
+                    }
+                };
+                let mut local_error = None;
+                reader
+                    .read_body(&mut scratch, |chunk| {
+                        if local_error.is_none() {
+                            if let Err(e) = sink.write(chunk) {
+                                local_error = Some(e);
+                            }
+                        }
+                        progress.advance(chunk.len() as u64);
+                        Ok(())
+                    })
+                    .await?;
+                let outcome = match local_error {
+                    Some(e) => Err(e),
+                    None => sink.finish(&item.remote, mtime).map(|hash| GetOutcome {
+                        remote: item.remote.clone(),
+                        local: item.local.clone(),
+                        size,
+                        hash,
+                        resumed_from: offset,
+                    }),
+                };
+                progress.finish_file(&item.remote, outcome.is_ok());
+                results.push(outcome.map_err(GetRetry::Failed));
+            }
+            Ok::<_, ClientError>(results)
+        };
+        let (sent, received) = tokio::join!(send, receive);
+        self.scratch = scratch;
+        sent?;
+        received
+    }
+}
+
+enum GetRetry {
+    Failed(ClientError),
+    Restart,
+}
+
+/// Sends one upload: header then body. Returns the offset it started from.
+async fn send_one_put(
+    writer: &mut crate::conn::FrameWriter<'_>,
+    id: u64,
+    item: &PutItem,
+    prepared: Option<&Prepared>,
+    opts: &PutOptions,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let local = |e| ClientError::io(item.local.display().to_string(), e);
+    let mut file = File::open(&item.local).map_err(local)?;
+    let meta = file.metadata().map_err(local)?;
+    if !meta.is_file() {
+        return Err(ClientError::Local(format!(
+            "{}: not a regular file",
+            item.local.display()
+        )));
+    }
+    let mtime = mtime_secs(&meta);
+    match prepared {
+        Some(p) if p.size == meta.len() => {
+            let body_len = p.size - p.offset;
+            let frame = RequestFrame {
+                id,
+                request: Request::Put {
+                    path: item.remote.clone(),
+                    size: p.size,
+                    hash: p.hash.clone(),
+                    offset: p.offset,
+                    overwrite: opts.overwrite,
+                    mtime,
+                },
+                body_len,
+            };
+            writer.queue(&frame).await?;
+            progress.start_file(&item.remote, p.size, p.offset);
+            writer.send_file(&file, p.offset, body_len, progress).await?;
+            Ok(p.offset)
+        }
+        Some(_) => Err(ClientError::Local(format!(
+            "{}: changed size while being uploaded",
+            item.local.display()
+        ))),
+        None => {
+            // A small file: one read into memory serves both the hash and the body.
+            let mut data = Vec::with_capacity(meta.len() as usize);
+            file.read_to_end(&mut data).map_err(local)?;
+            let hash = Digest::of(HashAlgo::Blake3, &data);
+            let size = data.len() as u64;
+            let frame = RequestFrame {
+                id,
+                request: Request::Put {
+                    path: item.remote.clone(),
+                    size,
+                    hash,
+                    offset: 0,
+                    overwrite: opts.overwrite,
+                    mtime,
+                },
+                body_len: size,
+            };
+            writer.queue(&frame).await?;
+            progress.start_file(&item.remote, size, 0);
+            writer.queue_body(&data).await?;
+            progress.advance(size);
+            Ok(0)
+        }
+    }
+}
+
+fn mtime_secs(meta: &fs::Metadata) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    Some(meta.mtime())
+}
+
+fn partial_path(local: &Path, suffix: &str) -> PathBuf {
+    let mut name = local.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    local.with_file_name(name)
+}
+
+/// The record kept beside a partial download: which remote file, of what size and hash, it
+/// is a prefix of. Without it a partial is never resumed, so two files are never spliced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PartialMeta {
+    remote: String,
+    size: u64,
+    hash: Digest,
+    #[serde(skip)]
+    held: u64,
+}
+
+impl PartialMeta {
+    fn load(local: &Path, remote: &str) -> Option<PartialMeta> {
+        let text = fs::read_to_string(partial_path(local, PARTIAL_META_SUFFIX)).ok()?;
+        let mut meta: PartialMeta = serde_json::from_str(&text).ok()?;
+        let held = fs::metadata(partial_path(local, PARTIAL_SUFFIX)).ok()?.len();
+        if meta.remote != remote || held > meta.size {
+            return None;
+        }
+        meta.held = held;
+        Some(meta)
+    }
+
+    fn save(&self, local: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string(self).expect("serializing partial record");
+        fs::write(partial_path(local, PARTIAL_META_SUFFIX), text)
+    }
+
+    fn discard(local: &Path) {
+        let _ = fs::remove_file(partial_path(local, PARTIAL_SUFFIX));
+        let _ = fs::remove_file(partial_path(local, PARTIAL_META_SUFFIX));
+    }
+}
+
+/// Where a download's body goes: a partial file beside the target, hashed as it is written,
+/// renamed to the target only once the whole file verifies.
+struct DownloadSink {
+    file: File,
+    partial: PathBuf,
+    target: PathBuf,
+    hasher: Hasher,
+    expected: Digest,
+}
+
+impl DownloadSink {
+    fn open(item: &GetItem, size: u64, offset: u64, expected: &Digest) -> Result<Self> {
+        let partial = partial_path(&item.local, PARTIAL_SUFFIX);
+        let io = |e| ClientError::io(partial.display().to_string(), e);
+        let mut hasher = Hasher::new(expected.algo());
+        let file = if offset > 0 {
+            // Resuming: the prefix we hold is part of what the hash covers.
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&partial)
+                .map_err(io)?;
+            let mut buf = vec![0u8; crate::conn::IO_CHUNK];
+            let mut left = offset;
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                f.read_exact(&mut buf[..want]).map_err(io)?;
+                hasher.update(&buf[..want]);
+                left -= want as u64;
+            }
+            f.set_len(offset).map_err(io)?;
+            f
+        } else {
+            let f = File::create(&partial).map_err(io)?;
+            PartialMeta {
+                remote: item.remote.clone(),
+                size,
+                hash: expected.clone(),
+                held: 0,
+            }
+            .save(&item.local)
+            .map_err(io)?;
+            f
+        };
+        Ok(DownloadSink {
+            file,
+            partial,
+            target: item.local.clone(),
+            hasher,
+            expected: expected.clone(),
+        })
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.hasher.update(chunk);
+        self.file
+            .write_all(chunk)
+            .map_err(|e| ClientError::io(self.partial.display().to_string(), e))
+    }
+
+    fn finish(self, remote: &str, mtime: i64) -> Result<Digest> {
+        let actual = self.hasher.finalize();
+        if actual != self.expected {
+            PartialMeta::discard(&self.target);
+            return Err(ClientError::ChecksumMismatch {
+                path: remote.to_owned(),
+                expected: self.expected,
+                actual,
+            });
+        }
+        let io = |e| ClientError::io(self.target.display().to_string(), e);
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+        let _ = self.file.set_modified(when);
+        drop(self.file);
+        fs::rename(&self.partial, &self.target).map_err(io)?;
+        let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
+        Ok(actual)
+    }
+}
