@@ -105,7 +105,10 @@ impl FrameDecoder {
     /// [`body_remaining`]: FrameDecoder::body_remaining
     pub fn consume_body(&mut self, n: u64) {
         let remaining = self.body_remaining();
-        assert!(n <= remaining, "consumed {n} body bytes, only {remaining} declared");
+        assert!(
+            n <= remaining,
+            "consumed {n} body bytes, only {remaining} declared"
+        );
         self.state = if remaining == n {
             State::Length
         } else {
@@ -295,7 +298,10 @@ mod tests {
     fn consume_body_directly() {
         let mut d = FrameDecoder::new(1024);
         let mut buf = BytesMut::from(&frame(r#"{"body_len":10}"#, b"")[..]);
-        assert!(matches!(d.decode(&mut buf), Ok(Some(FrameEvent::Header(_)))));
+        assert!(matches!(
+            d.decode(&mut buf),
+            Ok(Some(FrameEvent::Header(_)))
+        ));
         assert_eq!(d.body_remaining(), 10);
         d.consume_body(4);
         assert_eq!(d.body_remaining(), 6);

@@ -17,7 +17,13 @@ use crate::frame::{Header, encode_header, json_kind};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Optional behaviours negotiated in `hello`: a server answers with the ones it shares.
-pub const FEATURES: &[&str] = &["pipelining", "resume", "hash:blake3", "hash:sha256", "hash:md5"];
+pub const FEATURES: &[&str] = &[
+    "pipelining",
+    "resume",
+    "hash:blake3",
+    "hash:sha256",
+    "hash:md5",
+];
 
 /// Sizes the decoder and the message checks enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +231,10 @@ impl RequestFrame {
 
     /// Turns a decoded header into a request, checking field types and the body length.
     pub fn from_header(header: Header, limits: &Limits) -> Result<Self, Rejected> {
-        let Header { mut fields, body_len } = header;
+        let Header {
+            mut fields,
+            body_len,
+        } = header;
         let id = take_id(&mut fields).map_err(|error| Rejected { id: 0, error })?;
         let reject = |error| Rejected { id, error };
         let op = match fields.get("op") {
@@ -246,13 +255,12 @@ impl RequestFrame {
         if !Request::OPS.contains(&op.as_str()) {
             return Err(reject(ProtoError::UnknownOp(op)));
         }
-        let request: Request =
-            serde_json::from_value(Value::Object(fields)).map_err(|e| {
-                reject(ProtoError::Malformed {
-                    op: op.clone(),
-                    detail: e.to_string(),
-                })
-            })?;
+        let request: Request = serde_json::from_value(Value::Object(fields)).map_err(|e| {
+            reject(ProtoError::Malformed {
+                op: op.clone(),
+                detail: e.to_string(),
+            })
+        })?;
         request.check_body(body_len, limits).map_err(reject)?;
         Ok(RequestFrame {
             id,
@@ -426,7 +434,10 @@ impl ReplyFrame {
 
     /// Turns a decoded header into a reply, checking field types and the body length.
     pub fn from_header(header: Header) -> Result<Self, Rejected> {
-        let Header { mut fields, body_len } = header;
+        let Header {
+            mut fields,
+            body_len,
+        } = header;
         let id = take_id(&mut fields).map_err(|error| Rejected { id: 0, error })?;
         let reject = |error| Rejected { id, error };
         let malformed = |detail: String| {
@@ -437,7 +448,12 @@ impl ReplyFrame {
         };
         let ok = match fields.shift_remove("ok") {
             Some(Value::Bool(b)) => b,
-            Some(other) => return Err(malformed(format!("ok must be a boolean, got {}", json_kind(&other)))),
+            Some(other) => {
+                return Err(malformed(format!(
+                    "ok must be a boolean, got {}",
+                    json_kind(&other)
+                )));
+            }
             None => return Err(malformed("missing field `ok`".into())),
         };
         let result = if ok {
