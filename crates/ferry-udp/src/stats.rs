@@ -80,9 +80,10 @@ fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(as_millis(*d))
 }
 
-/// A duration in fractional milliseconds, for display.
+/// A duration in fractional milliseconds, for display. Dividing whole nanoseconds keeps
+/// values like 1.5 exact, where `as_secs_f64() * 1000.0` would print 1.5000000000000002.
 pub fn as_millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    d.as_nanos() as f64 / 1e6
 }
 
 /// Turns an event log into counters and RTT statistics.
