@@ -217,12 +217,11 @@ impl FrameWriter<'_> {
                     progress.advance(n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL)
-                    || e.raw_os_error() == Some(libc::ENOSYS) =>
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINVAL)
+                        || e.raw_os_error() == Some(libc::ENOSYS) =>
                 {
-                    return self
-                        .copy_file(file, off as u64, remaining, progress)
-                        .await;
+                    return self.copy_file(file, off as u64, remaining, progress).await;
                 }
                 Err(e) => return Err(ClientError::io("sending file", e)),
             }

@@ -119,8 +119,15 @@ impl Client {
         let send = async {
             for (index, item) in items.iter().enumerate() {
                 let id = first_id + index as u64;
-                match send_one_put(&mut writer, id, item, prepared[index].as_ref(), opts, progress)
-                    .await
+                match send_one_put(
+                    &mut writer,
+                    id,
+                    item,
+                    prepared[index].as_ref(),
+                    opts,
+                    progress,
+                )
+                .await
                 {
                     Ok(offset) => {
                         let _ = tx.send(PutSent::Request { index, id, offset });
@@ -427,7 +434,9 @@ async fn send_one_put(
             };
             writer.queue(&frame).await?;
             progress.start_file(&item.remote, p.size, p.offset);
-            writer.send_file(&file, p.offset, body_len, progress).await?;
+            writer
+                .send_file(&file, p.offset, body_len, progress)
+                .await?;
             Ok(p.offset)
         }
         Some(_) => Err(ClientError::Local(format!(
@@ -487,7 +496,9 @@ impl PartialMeta {
     fn load(local: &Path, remote: &str) -> Option<PartialMeta> {
         let text = fs::read_to_string(partial_path(local, PARTIAL_META_SUFFIX)).ok()?;
         let mut meta: PartialMeta = serde_json::from_str(&text).ok()?;
-        let held = fs::metadata(partial_path(local, PARTIAL_SUFFIX)).ok()?.len();
+        let held = fs::metadata(partial_path(local, PARTIAL_SUFFIX))
+            .ok()?
+            .len();
         if meta.remote != remote || held > meta.size {
             return None;
         }

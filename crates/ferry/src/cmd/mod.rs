@@ -20,14 +20,12 @@ pub mod exit {
 
 /// Picks the exit code for an error that reached `main`.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    use ferry_proto::ErrorCode;
     for cause in err.chain() {
+        if let Some(client) = cause.downcast_ref::<ferry_client::ClientError>() {
+            return exit_code_for_client(client);
+        }
         if let Some(wire) = cause.downcast_ref::<ferry_proto::WireError>() {
-            return match wire.code {
-                ErrorCode::AuthFailed | ErrorCode::AuthRequired => exit::AUTH,
-                ErrorCode::ChecksumMismatch => exit::VERIFY,
-                _ => exit::REMOTE,
-            };
+            return exit_code_for_wire(wire.code);
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
@@ -40,4 +38,24 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         }
     }
     exit::FAILURE
+}
+
+/// The exit code for a client error.
+pub fn exit_code_for_client(err: &ferry_client::ClientError) -> u8 {
+    use ferry_client::ClientError;
+    match err {
+        ClientError::Remote(w) => exit_code_for_wire(w.code),
+        ClientError::ChecksumMismatch { .. } => exit::VERIFY,
+        ClientError::Io { .. } | ClientError::Closed | ClientError::Proto(_) => exit::NETWORK,
+        ClientError::Unexpected(_) | ClientError::Local(_) => exit::FAILURE,
+    }
+}
+
+fn exit_code_for_wire(code: ferry_proto::ErrorCode) -> u8 {
+    use ferry_proto::ErrorCode;
+    match code {
+        ErrorCode::AuthFailed | ErrorCode::AuthRequired => exit::AUTH,
+        ErrorCode::ChecksumMismatch => exit::VERIFY,
+        _ => exit::REMOTE,
+    }
 }

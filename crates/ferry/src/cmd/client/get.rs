@@ -1,0 +1,260 @@
+//! `ferry get REMOTE... [LOCAL_DIR]`: download files, or directories with `-r`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use ferry_client::{Client, ClientError, GetItem, GetOptions};
+use ferry_proto::{EntryKind, HashAlgo, Reply, Request};
+
+use super::progress::Bars;
+use super::put::human_bytes;
+use super::{
+    Output, Remote, block_on, error_json, exit_for_failures, remote_basename, remote_join,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Remote files (directories with -r) to download. With two or more paths, the last one
+    /// is the local directory to download into (default: the current directory).
+    #[arg(required = true, num_args = 1.., value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Download directories and everything in them.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Replace local files that already exist.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Start interrupted downloads over instead of continuing them.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Verify with this hash algorithm instead of the server's hash of record (blake3).
+    #[arg(long, value_parser = parse_algo)]
+    pub algo: Option<HashAlgo>,
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+pub fn parse_algo(s: &str) -> Result<HashAlgo, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    block_on(run(args))
+}
+
+async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let (remotes, local_dir) = if args.paths.len() >= 2 {
+        let (dest, rest) = args.paths.split_last().expect("two or more");
+        (rest.to_vec(), PathBuf::from(dest))
+    } else {
+        (args.paths.clone(), PathBuf::from("."))
+    };
+    let mut client = args.remote.connect().await?;
+    let opts = GetOptions {
+        resume: !args.no_resume,
+        algo: args.algo,
+    };
+    get_paths(
+        &mut client,
+        &remotes,
+        &local_dir,
+        args.recursive,
+        args.force,
+        &opts,
+        args.output,
+    )
+    .await
+}
+
+/// Downloads `remotes` into `local_dir`; shared with the shell's `get`.
+pub async fn get_paths(
+    client: &mut Client,
+    remotes: &[String],
+    local_dir: &Path,
+    recursive: bool,
+    force: bool,
+    opts: &GetOptions,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut first_failure: Option<ClientError> = None;
+    let mut report = Vec::new();
+    let mut fail = |what: &str, e: ClientError, report: &mut Vec<serde_json::Value>| {
+        eprintln!("ferry: get {what}: {e}");
+        let mut j = error_json(&e);
+        j["remote"] = serde_json::json!(what);
+        report.push(j);
+        first_failure.get_or_insert(e);
+    };
+    if !local_dir.is_dir() {
+        fail(
+            &local_dir.display().to_string(),
+            ClientError::Local(format!("{}: no such local directory", local_dir.display())),
+            &mut report,
+        );
+        return finish(report, 0, 0, started, output, first_failure);
+    }
+
+    // What each top-level path is, in one round trip.
+    let stats = client
+        .call_many(
+            remotes
+                .iter()
+                .map(|p| Request::Stat {
+                    path: p.clone(),
+                    algo: None,
+                })
+                .collect(),
+        )
+        .await?;
+    let mut items = Vec::new();
+    let mut sizes = Vec::new();
+    let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+    for (remote, stat) in remotes.iter().zip(stats) {
+        let local = local_dir.join(remote_basename(remote));
+        match stat {
+            Ok(Reply::Stat(e)) if e.kind == EntryKind::Dir => {
+                if recursive {
+                    dirs.push((remote.clone(), local));
+                } else {
+                    fail(
+                        remote,
+                        ClientError::Local(format!("{remote}: is a directory (use -r)")),
+                        &mut report,
+                    );
+                }
+            }
+            Ok(Reply::Stat(e)) => {
+                items.push(GetItem {
+                    remote: remote.clone(),
+                    local,
+                });
+                sizes.push(e.size);
+            }
+            Ok(_) => fail(
+                remote,
+                ClientError::Unexpected("stat answered with another op".into()),
+                &mut report,
+            ),
+            Err(e) => fail(remote, e, &mut report),
+        }
+    }
+    // Walk remote directories level by level, one pipelined round of `ls` per level.
+    while !dirs.is_empty() {
+        for (_, local) in &dirs {
+            if let Err(e) = std::fs::create_dir_all(local) {
+                fail(
+                    &local.display().to_string(),
+                    ClientError::Local(format!("{}: {e}", local.display())),
+                    &mut report,
+                );
+            }
+        }
+        let listings = client
+            .call_many(
+                dirs.iter()
+                    .map(|(r, _)| Request::Ls {
+                        path: Some(r.clone()),
+                    })
+                    .collect(),
+            )
+            .await?;
+        let mut next = Vec::new();
+        for ((remote, local), listing) in dirs.iter().zip(listings) {
+            match listing {
+                Ok(Reply::Ls { entries, .. }) => {
+                    for e in entries {
+                        let r = remote_join(remote, &e.name);
+                        let l = local.join(&e.name);
+                        match e.kind {
+                            EntryKind::Dir => next.push((r, l)),
+                            EntryKind::File => {
+                                items.push(GetItem {
+                                    remote: r,
+                                    local: l,
+                                });
+                                sizes.push(e.size);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(_) => fail(
+                    remote,
+                    ClientError::Unexpected("ls answered with another op".into()),
+                    &mut report,
+                ),
+                Err(e) => fail(remote, e, &mut report),
+            }
+        }
+        dirs = next;
+    }
+    // Never overwrite silently.
+    if !force {
+        let mut kept = Vec::new();
+        let mut kept_sizes = Vec::new();
+        for (item, size) in items.into_iter().zip(sizes) {
+            if item.local.exists() {
+                fail(
+                    &item.remote,
+                    ClientError::Local(format!(
+                        "{} exists (use --force to replace it)",
+                        item.local.display()
+                    )),
+                    &mut report,
+                );
+            } else {
+                kept.push(item);
+                kept_sizes.push(size);
+            }
+        }
+        items = kept;
+        sizes = kept_sizes;
+    }
+
+    let bars = Bars::new(output.show_progress(), items.len(), sizes.iter().sum());
+    let results = client.get_files(&items, opts, &bars).await?;
+    bars.finish();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for (item, res) in items.iter().zip(results) {
+        match res {
+            Ok(done) => {
+                files += 1;
+                bytes += done.size;
+                report.push(serde_json::json!({
+                    "ok": true, "remote": done.remote, "local": done.local, "size": done.size,
+                    "hash": done.hash, "resumed_from": done.resumed_from,
+                }));
+            }
+            Err(e) => fail(&item.remote, e, &mut report),
+        }
+    }
+    finish(report, files, bytes, started, output, first_failure)
+}
+
+fn finish(
+    report: Vec<serde_json::Value>,
+    files: u64,
+    bytes: u64,
+    started: Instant,
+    output: Output,
+    first_failure: Option<ClientError>,
+) -> anyhow::Result<ExitCode> {
+    let seconds = started.elapsed().as_secs_f64();
+    if output.json {
+        println!(
+            "{}",
+            serde_json::json!({"files": report, "downloaded": files, "bytes": bytes, "seconds": seconds})
+        );
+    } else if !output.quiet {
+        eprintln!(
+            "get: {files} file(s), {} in {seconds:.2} s ({}/s), verified",
+            human_bytes(bytes),
+            human_bytes((bytes as f64 / seconds.max(1e-6)) as u64)
+        );
+    }
+    Ok(exit_for_failures(first_failure.as_ref()))
+}

@@ -1,0 +1,248 @@
+//! `ferry put LOCAL... [REMOTE_DIR]`: upload files, or directories with `-r`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use ferry_client::{ClientError, PutItem, PutOptions};
+use ferry_proto::{ErrorCode, Request};
+
+use super::progress::Bars;
+use super::{Output, Remote, block_on, error_json, exit_for_failures, remote_join};
+
+#[derive(Debug, clap::Args)]
+pub struct PutArgs {
+    /// Local files (directories with -r) to upload. With two or more paths, the last one is
+    /// the remote directory to upload into (default: the remote working directory).
+    #[arg(required = true, num_args = 1.., value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Upload directories and everything in them.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Replace remote files that already exist.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Start interrupted uploads over instead of continuing them.
+    #[arg(long)]
+    pub no_resume: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+    block_on(run(args))
+}
+
+async fn run(args: PutArgs) -> anyhow::Result<ExitCode> {
+    let (locals, remote_dir) = split_target(&args.paths);
+    let mut client = args.remote.connect().await?;
+    let opts = PutOptions {
+        overwrite: args.force,
+        resume: !args.no_resume,
+    };
+    put_paths(
+        &mut client,
+        &locals,
+        &remote_dir,
+        args.recursive,
+        &opts,
+        args.output,
+    )
+    .await
+}
+
+/// With two or more paths the last is the destination directory.
+fn split_target(paths: &[PathBuf]) -> (Vec<PathBuf>, String) {
+    if paths.len() >= 2 {
+        let (dest, locals) = paths.split_last().expect("two or more");
+        (locals.to_vec(), dest.to_string_lossy().into_owned())
+    } else {
+        (paths.to_vec(), ".".to_owned())
+    }
+}
+
+/// Uploads `locals` into `remote_dir`; shared with the shell's `put`.
+pub async fn put_paths(
+    client: &mut ferry_client::Client,
+    locals: &[PathBuf],
+    remote_dir: &str,
+    recursive: bool,
+    opts: &PutOptions,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut plan = Plan::default();
+    for local in locals {
+        plan.add(local, remote_dir, recursive);
+    }
+    let mut first_failure: Option<ClientError> = None;
+    let mut report = Vec::new();
+    for (local, err) in plan.local_errors.drain(..) {
+        eprintln!("ferry: put {}: {err}", local.display());
+        report.push(serde_json::json!({"local": local, "ok": false, "code": "local", "message": err.to_string()}));
+        first_failure.get_or_insert(err);
+    }
+    if !plan.dirs.is_empty() {
+        let requests = plan
+            .dirs
+            .iter()
+            .map(|d| Request::Mkdir {
+                path: d.clone(),
+                parents: true,
+            })
+            .collect();
+        for (dir, res) in plan.dirs.iter().zip(client.call_many(requests).await?) {
+            if let Err(e) = res {
+                if e.remote_code() != Some(ErrorCode::AlreadyExists) {
+                    eprintln!("ferry: mkdir {dir}: {e}");
+                    first_failure.get_or_insert(e);
+                }
+            }
+        }
+    }
+    let total: u64 = plan.sizes.iter().sum();
+    let bars = Bars::new(output.show_progress(), plan.items.len(), total);
+    let results = client.put_files(&plan.items, opts, &bars).await?;
+    bars.finish();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for (item, res) in plan.items.iter().zip(results) {
+        match res {
+            Ok(done) => {
+                files += 1;
+                bytes += done.size;
+                report.push(serde_json::json!({
+                    "ok": true, "local": item.local, "remote": done.remote, "size": done.size,
+                    "hash": done.hash, "resumed_from": done.resumed_from,
+                }));
+            }
+            Err(e) => {
+                let hint = if e.remote_code() == Some(ErrorCode::AlreadyExists) {
+                    " (use --force to replace it)"
+                } else {
+                    ""
+                };
+                eprintln!("ferry: put {}: {e}{hint}", item.local.display());
+                let mut j = error_json(&e);
+                j["local"] = serde_json::json!(item.local);
+                j["remote"] = serde_json::json!(item.remote);
+                report.push(j);
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if output.json {
+        println!(
+            "{}",
+            serde_json::json!({"files": report, "uploaded": files, "bytes": bytes, "seconds": seconds})
+        );
+    } else if !output.quiet {
+        eprintln!(
+            "put: {files} file(s), {} in {seconds:.2} s ({}/s), verified",
+            human_bytes(bytes),
+            human_bytes((bytes as f64 / seconds.max(1e-6)) as u64)
+        );
+    }
+    Ok(exit_for_failures(first_failure.as_ref()))
+}
+
+/// What a `put` will do: remote directories to create, then files to send.
+#[derive(Default)]
+struct Plan {
+    dirs: Vec<String>,
+    items: Vec<PutItem>,
+    sizes: Vec<u64>,
+    local_errors: Vec<(PathBuf, ClientError)>,
+}
+
+impl Plan {
+    fn add(&mut self, local: &Path, remote_dir: &str, recursive: bool) {
+        let name = match local.file_name() {
+            Some(n) => n.to_string_lossy().into_owned(),
+            // `.` or `..`: name it after the directory it stands for.
+            None => match std::fs::canonicalize(local) {
+                Ok(p) => p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                Err(e) => return self.fail(local, e.to_string()),
+            },
+        };
+        let meta = match std::fs::metadata(local) {
+            Ok(m) => m,
+            Err(e) => return self.fail(local, e.to_string()),
+        };
+        let remote = remote_join(remote_dir, &name);
+        if meta.is_file() {
+            self.items.push(PutItem {
+                local: local.to_path_buf(),
+                remote,
+            });
+            self.sizes.push(meta.len());
+        } else if meta.is_dir() {
+            if !recursive {
+                return self.fail(local, "is a directory (use -r to upload it)".into());
+            }
+            self.dirs.push(remote.clone());
+            self.walk(local, &remote);
+        } else {
+            self.fail(local, "not a regular file or directory".into());
+        }
+    }
+
+    fn walk(&mut self, dir: &Path, remote: &str) {
+        let mut entries: Vec<_> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(Result::ok).collect(),
+            Err(e) => return self.fail(dir, e.to_string()),
+        };
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Following links to directories could loop; links to files are uploaded as files.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.fail(&path, e.to_string());
+                    continue;
+                }
+            };
+            let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+            let target = remote_join(remote, &name);
+            if meta.is_file() {
+                self.items.push(PutItem {
+                    local: path,
+                    remote: target,
+                });
+                self.sizes.push(meta.len());
+            } else if meta.is_dir() && !is_link {
+                self.dirs.push(target.clone());
+                self.walk(&path, &target);
+            } else {
+                self.fail(&path, "skipped: not a regular file or directory".into());
+            }
+        }
+    }
+
+    fn fail(&mut self, path: &Path, why: String) {
+        self.local_errors
+            .push((path.to_path_buf(), ClientError::Local(why)));
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
