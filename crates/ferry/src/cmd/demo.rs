@@ -65,7 +65,10 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
     let mut offset = 0;
     for (i, piece) in pieces.iter().enumerate() {
         let end = offset + piece.len();
-        let starts = boundaries.iter().filter(|&&b| b > offset && b < end).count();
+        let starts = boundaries
+            .iter()
+            .filter(|&&b| b > offset && b < end)
+            .count();
         // A piece is split if it ends inside a message or begins inside one.
         let cut = !boundaries.contains(&end) || (offset != 0 && !boundaries.contains(&offset));
         let note = match (starts > 0, cut) {
@@ -97,8 +100,7 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
         let mut frame = BytesMut::new();
         let mut fields = serde_json::Map::new();
         fields.insert("op".into(), "demo".into());
-        encode_header(&fields, m.len() as u64, u32::MAX, &mut frame)
-            .expect("a tiny header fits");
+        encode_header(&fields, m.len() as u64, u32::MAX, &mut frame).expect("a tiny header fits");
         frame.extend_from_slice(m.as_bytes());
         frame.to_vec()
     })?;
@@ -151,7 +153,10 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
          receiver read exactly that many bytes, however the stream was cut."
     );
     if exact != messages.len() || received.len() != messages.len() {
-        bail!("framing lost messages: {} received, {exact} exact", received.len());
+        bail!(
+            "framing lost messages: {} received, {exact} exact",
+            received.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
