@@ -1,1 +1,54 @@
-//! Placeholder; filled in by its issue.
+//! ferry's file server as a library: the binary (`ferry serve`, `ferry user …`) only parses
+//! flags and calls in here, and tests run the same server in-process on port 0.
+//!
+//! # Layout
+//!
+//! - [`server`]: [`run`] — the accept loop, the connection cap (a semaphore answered with a
+//!   `busy` frame), graceful shutdown (`CancellationToken` + `TaskTracker`) and the periodic
+//!   sweep of abandoned partial uploads.
+//! - [`conn`]: one TCP connection's framed IO: read timeouts (idle and per frame), the reply
+//!   buffer, streamed request bodies and zero-copy `sendfile` for download bodies.
+//! - [`session`]: the per-connection state machine (connected → greeted → authenticated) and
+//!   the dispatch to [`ops`], one module per command.
+//! - [`home`]: virtual path cleaning and capability-confined access to a user's home (cap-std),
+//!   plus the io-error → wire-code mapping.
+//! - [`root`]: the data root's on-disk layout (below).
+//! - [`users`]: the users file (argon2id PHC hashes), atomic writes, reload on change, and the
+//!   `ferry user` operations.
+//! - [`quota`]: size parsing and the in-memory per-user usage accountant with reservations.
+//! - [`hashes`]: the hash of record (per user, keyed by inode, checked against size + mtime).
+//! - [`config`]: [`ServerConfig`], every tunable with its default.
+//!
+//! # On-disk layout of the data root
+//!
+//! ```text
+//! <root>/settings.json                 format marker ({"format":1})
+//! <root>/users.json                    users: name, argon2id PHC string, quota, max files
+//! <root>/users.lock                    flock'd by `ferry user` while it rewrites users.json
+//! <root>/homes/<user>/                 each user's files; the user sees this as `/`
+//! <root>/state/partials/<user>/<k>.part  uploads in progress or interrupted; <k> is derived
+//!                                      from (user, path, size, hash), so partials of two
+//!                                      different files are never spliced
+//! <root>/state/hashes/<user>/<ino>.json  hash of record for the file with that inode, valid
+//!                                      while its size and mtime (ns) still match
+//! <root>/state/tmp/                    temporaries for atomic rewrites
+//! ```
+//!
+//! `state/` lives beside `homes/` on the same filesystem, so placing a finished upload is one
+//! `renameat2` from a partial into the home, and nothing under `state/` is reachable from a
+//! home through the protocol.
+
+pub mod config;
+pub mod conn;
+pub mod hashes;
+pub mod home;
+pub mod ops;
+pub mod quota;
+pub mod root;
+pub mod server;
+pub mod session;
+pub mod users;
+
+pub use config::ServerConfig;
+pub use root::DataRoot;
+pub use server::{ServerError, run};

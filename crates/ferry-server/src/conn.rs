@@ -1,0 +1,301 @@
+//! One connection's framed IO: reading frame headers and streamed bodies with timeouts,
+//! buffering replies, and sending download bodies with `sendfile(2)`.
+//!
+//! Replies are queued in a buffer and written when the connection next has to wait for the
+//! peer (or before a body is sent), so a burst of pipelined requests is answered with few
+//! writes while each reply still goes out before we block on reading.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferry_proto::{ErrorCode, FrameDecoder, FrameEvent, Header, ProtoError, ReplyFrame, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+/// Why a connection cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// A frame-fatal protocol error: answer once with id 0, then close.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    /// The peer was too slow: answer `timeout` with id 0, then close.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// The socket failed: just close.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A framed connection.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: FrameDecoder,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+    io_buffer: usize,
+    /// Replies are encoded with this header limit (the post-login maximum, which every client
+    /// must accept once logged in).
+    reply_max_header: u32,
+}
+
+impl Conn {
+    pub fn new(
+        stream: TcpStream,
+        max_header: u32,
+        reply_max_header: u32,
+        idle_timeout: Duration,
+        frame_timeout: Duration,
+        io_buffer: usize,
+    ) -> Self {
+        let _ = stream.set_nodelay(true);
+        Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(io_buffer),
+            wbuf: BytesMut::with_capacity(4096),
+            decoder: FrameDecoder::new(max_header),
+            idle_timeout,
+            frame_timeout,
+            io_buffer,
+            reply_max_header,
+        }
+    }
+
+    pub fn set_max_header(&mut self, n: u32) {
+        self.decoder.set_max_header(n);
+    }
+
+    /// Body bytes of the current request not yet read.
+    pub fn body_remaining(&self) -> u64 {
+        self.decoder.body_remaining()
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.io_buffer / 4 {
+            self.rbuf.reserve(self.io_buffer);
+        }
+        self.stream.read_buf(&mut self.rbuf).await
+    }
+
+    /// The next request header. `Ok(None)`: the peer closed cleanly between frames, or the
+    /// server is shutting down and the connection is idle.
+    pub async fn next_header(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Header>, ConnError> {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let mut started: Option<Instant> = None;
+        loop {
+            match self.decoder.decode(&mut self.rbuf)? {
+                Some(FrameEvent::Header(h)) => return Ok(Some(h)),
+                // Bodies are always drained by their request's handler; nothing to do here.
+                Some(FrameEvent::Body(_)) => continue,
+                None => {}
+            }
+            self.flush().await?;
+            let n = if self.rbuf.is_empty() && self.decoder.at_frame_boundary() {
+                let idle = self.idle_timeout;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(None),
+                    r = timeout(idle, self.read_more()) => match r {
+                        Ok(r) => r?,
+                        Err(_) => return Err(ConnError::Timeout("waiting for a request")),
+                    },
+                }
+            } else {
+                let deadline = *started.get_or_insert_with(Instant::now) + self.frame_timeout;
+                match timeout_at(deadline, self.read_more()).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(ConnError::Timeout("inside a frame header")),
+                }
+            };
+            if n == 0 {
+                self.decoder.finish(&self.rbuf)?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next piece of the current request's body, or `None` once it is all read. The
+    /// peer must keep sending: each wait is bounded by the frame timeout.
+    pub async fn next_body_chunk(&mut self) -> Result<Option<Bytes>, ConnError> {
+        loop {
+            if self.decoder.body_remaining() == 0 {
+                return Ok(None);
+            }
+            if let Some(FrameEvent::Body(b)) = self.decoder.decode(&mut self.rbuf)? {
+                return Ok(Some(b));
+            }
+            self.flush().await?;
+            match timeout(self.frame_timeout, self.read_more()).await {
+                Ok(Ok(0)) => return Err(ProtoError::Truncated("inside a body").into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ConnError::Timeout("inside a body")),
+            }
+        }
+    }
+
+    /// Reads and drops whatever is left of the current request's body.
+    pub async fn discard_body(&mut self) -> Result<(), ConnError> {
+        while self.next_body_chunk().await?.is_some() {}
+        Ok(())
+    }
+
+    /// Queues a reply. A reply whose header would exceed the limit is replaced by a
+    /// `too_large` error for the same id; returns whether the original was queued.
+    pub fn queue(&mut self, frame: &ReplyFrame) -> bool {
+        match frame.encode(self.reply_max_header, &mut self.wbuf) {
+            Ok(()) => true,
+            Err(e) => {
+                let err = ReplyFrame::err(
+                    frame.id,
+                    WireError::new(ErrorCode::TooLarge, format!("reply too large: {e}")),
+                );
+                err.encode(self.reply_max_header, &mut self.wbuf)
+                    .expect("a short error reply encodes");
+                false
+            }
+        }
+    }
+
+    /// Queues an error with id 0 (fatal errors, timeouts, busy).
+    pub fn queue_error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.queue(&ReplyFrame::err(0, WireError::new(code, message)));
+    }
+
+    /// Writes the queued replies; the peer must accept them within the frame timeout.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        match timeout(self.frame_timeout, self.stream.write_all(&self.wbuf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ConnError::Timeout("writing a reply")),
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Flushes the replies, then sends `len` bytes of `file` from `offset` with `sendfile(2)`
+    /// straight from the page cache to the socket. A file that shrinks under us fails the
+    /// connection (the declared body length can no longer be honoured).
+    pub async fn send_file(&mut self, file: &File, offset: u64, len: u64) -> Result<(), ConnError> {
+        self.flush().await?;
+        let sock = self.stream.as_raw_fd();
+        let fd = file.as_raw_fd();
+        let end = offset + len;
+        let mut off = offset as libc::off_t;
+        while (off as u64) < end {
+            // sendfile moves at most 0x7ffff000 bytes per call.
+            let want = (end - off as u64).min(1 << 30) as usize;
+            match timeout(self.frame_timeout, self.stream.writable()).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ConnError::Timeout("sending a file")),
+            }
+            let res = self.stream.try_io(Interest::WRITABLE, || {
+                // SAFETY: both fds are open for the duration of the call; `off` is a valid
+                // pointer to our offset, which sendfile advances.
+                let n = unsafe { libc::sendfile(sock, fd, &mut off, want) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match res {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while it was being sent",
+                    )
+                    .into());
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    // A file system without sendfile support: copy through user space.
+                    return self.copy_file(file, off as u64, end).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_file(&mut self, file: &File, mut off: u64, end: u64) -> Result<(), ConnError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; self.io_buffer];
+        while off < end {
+            let want = ((end - off) as usize).min(buf.len());
+            let n = file.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while it was being sent",
+                )
+                .into());
+            }
+            match timeout(self.frame_timeout, self.stream.write_all(&buf[..n])).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ConnError::Timeout("sending a file")),
+            }
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes what is queued (briefly), shuts the write side down, and drains what the peer
+    /// still sends for a moment: closing with unread input would make the kernel send a reset
+    /// that can destroy our last reply before the peer reads it.
+    pub async fn close(mut self) {
+        let _ = timeout(Duration::from_secs(2), async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+        drain(&mut self.stream).await;
+    }
+}
+
+async fn drain(stream: &mut TcpStream) {
+    let mut sink = vec![0u8; 64 * 1024];
+    let _ = timeout(Duration::from_millis(500), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Tells a peer the server is at its connection cap, then closes. Bounded in time.
+pub async fn refuse_busy(mut stream: TcpStream) {
+    let mut buf = BytesMut::new();
+    ReplyFrame::err(
+        0,
+        WireError::new(
+            ErrorCode::Busy,
+            "server is at its connection limit; try again later",
+        ),
+    )
+    .encode(u32::MAX, &mut buf)
+    .expect("busy reply encodes");
+    let _ = timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(&buf).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    drain(&mut stream).await;
+}

@@ -1,0 +1,72 @@
+//! `login`: checks the password (argon2id, on the blocking pool), opens the home and the
+//! user's usage accountant. Unknown users and wrong passwords get the same answer after about
+//! the same time, plus a short delay that slows down guessing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::{ErrorCode, Reply};
+
+use super::{OpError, blocking};
+use crate::home::{Home, VPath};
+use crate::quota;
+use crate::session::{Session, User};
+use crate::users::{validate_name, verify_dummy, verify_password};
+
+/// Added to every failed login.
+const FAIL_DELAY: Duration = Duration::from_millis(200);
+
+pub async fn run(s: &mut Session, name: String, password: String) -> Result<Reply, OpError> {
+    let shared = Arc::clone(&s.shared);
+    let n = name.clone();
+    let ok = blocking(move || {
+        let record = validate_name(&n).ok().and_then(|()| shared.users.get(&n));
+        Ok(match record {
+            Some(r) => verify_password(&password, &r.password),
+            None => {
+                verify_dummy(&password);
+                false
+            }
+        })
+    })
+    .await?;
+    if !ok {
+        tokio::time::sleep(FAIL_DELAY).await;
+        return Err(OpError::new(
+            ErrorCode::AuthFailed,
+            "unknown user or wrong password",
+        ));
+    }
+    let shared = Arc::clone(&s.shared);
+    let n = name.clone();
+    let user = blocking(move || {
+        let root = &shared.root;
+        let internal = |e: std::io::Error| OpError::Internal(format!("setting up {n}: {e}"));
+        root.ensure_user_dirs(&n).map_err(internal)?;
+        let home = Home::open(&root.home_dir(&n)).map_err(internal)?;
+        let partials =
+            cap_std::fs::Dir::open_ambient_dir(root.partials_dir(&n), cap_std::ambient_authority())
+                .map_err(internal)?;
+        let usage = match shared.quota.get(&n) {
+            Some(u) => u,
+            None => {
+                let measured =
+                    quota::measure(&root.home_dir(&n), &root.partials_dir(&n)).map_err(internal)?;
+                shared.quota.get_or_insert(&n, measured)
+            }
+        };
+        Ok(User {
+            name: n,
+            home: Arc::new(home),
+            partials: Arc::new(partials),
+            usage,
+        })
+    })
+    .await?;
+    s.login(user);
+    s.cwd = VPath::root();
+    Ok(Reply::Login {
+        user: name,
+        cwd: s.cwd.display(),
+    })
+}

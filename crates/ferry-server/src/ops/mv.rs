@@ -1,0 +1,72 @@
+//! `mv`: rename within the home. `to` is the exact new path; without `overwrite` an existing
+//! `to` is refused atomically (`renameat2(RENAME_NOREPLACE)`).
+
+use std::sync::Arc;
+
+use ferry_proto::{ErrorCode, Reply};
+
+use super::{OpError, blocking};
+use crate::home::rename_at;
+use crate::session::Session;
+
+pub async fn run(s: &Session, from: &str, to: &str, overwrite: bool) -> Result<Reply, OpError> {
+    let src = s.cwd.resolve(from)?;
+    let dst = s.cwd.resolve(to)?;
+    if src.is_root() {
+        return Err(OpError::new(
+            ErrorCode::PermissionDenied,
+            "/: the home directory itself cannot be moved",
+        ));
+    }
+    if dst.is_root() {
+        return Err(if overwrite {
+            OpError::new(
+                ErrorCode::PermissionDenied,
+                "/: the home directory cannot be replaced",
+            )
+        } else {
+            OpError::new(ErrorCode::AlreadyExists, "/: already exists")
+        });
+    }
+    if dst != src && dst.starts_with(&src) {
+        return Err(OpError::new(
+            ErrorCode::InvalidPath,
+            format!("cannot move {} into itself", src.display()),
+        ));
+    }
+    let user = s.user()?;
+    let home = Arc::clone(&user.home);
+    let usage = Arc::clone(&user.usage);
+    let (a, b) = (src.clone(), dst.clone());
+    blocking(move || {
+        let src_parent = a.parent().expect("not root");
+        let dst_parent = b.parent().expect("not root");
+        let sdir = home
+            .dir()
+            .open_dir(src_parent.rel())
+            .map_err(|e| OpError::io(&src_parent, e))?;
+        let ddir = home
+            .dir()
+            .open_dir(dst_parent.rel())
+            .map_err(|e| OpError::io(&dst_parent, e))?;
+        let name_a = a.name().expect("not root");
+        let name_b = b.name().expect("not root");
+        sdir.symlink_metadata(name_a)
+            .map_err(|e| OpError::io(&a, e))?;
+        let replaced = if overwrite {
+            ddir.symlink_metadata(name_b).ok().filter(|m| m.is_file())
+        } else {
+            None
+        };
+        rename_at(&sdir, name_a, &ddir, name_b, !overwrite).map_err(|e| OpError::io(&b, e))?;
+        if let Some(old) = replaced {
+            usage.adjust(-(old.len() as i64), -1);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Reply::Mv {
+        from: src.display(),
+        to: dst.display(),
+    })
+}

@@ -1,0 +1,351 @@
+//! `put`: a verified, atomic, resumable upload.
+//!
+//! 1. Check the target (parent is a directory, target not a directory, exists only with
+//!    `overwrite`), claim the path (a second concurrent upload to it gets `busy`), open the
+//!    identity-keyed partial and cut it to `offset`.
+//! 2. Reserve the quota (bytes still to come, and one file) before reading the first byte.
+//! 3. Stream the body: the connection task reads chunks and passes them over a bounded
+//!    channel to a blocking writer, which hashes (the held prefix first, then every chunk)
+//!    and writes them, so disk IO and hashing overlap with the network and never run on an
+//!    async worker thread. No second pass: the hash is complete when the last byte lands.
+//! 4. Compare with the declared hash (mismatch: delete the partial, `checksum_mismatch`),
+//!    set the mtime, fsync, then `renameat2` the partial into the home (`RENAME_NOREPLACE`
+//!    unless overwriting), fsync the directory, record the hash of record.
+//!
+//! If the connection dies mid-body the partial keeps what arrived, for `resume`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cap_std::fs::OpenOptions;
+use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply};
+use tokio::sync::mpsc;
+
+use super::{OpError, blocking};
+use crate::conn::{Conn, ConnError};
+use crate::hashes::FileStamp;
+use crate::home::{VPath, rename_at};
+use crate::quota::Reservation;
+use crate::session::{Session, UploadGuard, partial_name};
+
+/// Chunks in flight between the socket and the writer (each up to the socket buffer size).
+const CHANNEL_DEPTH: usize = 16;
+
+#[derive(Debug)]
+pub struct PutArgs {
+    pub path: String,
+    pub size: u64,
+    pub hash: Digest,
+    pub offset: u64,
+    pub overwrite: bool,
+    pub mtime: Option<i64>,
+}
+
+/// Everything set up before the first body byte.
+struct Prepared {
+    target: VPath,
+    _guard: UploadGuard,
+    pname: String,
+    file: File,
+    reservation: Reservation,
+}
+
+/// The outer `Err` is a connection failure (close); the inner result is the reply.
+pub async fn run(
+    s: &Session,
+    conn: &mut Conn,
+    args: PutArgs,
+) -> Result<Result<Reply, OpError>, ConnError> {
+    let prepared = match prepare(s, &args).await {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    transfer(s, conn, args, prepared).await
+}
+
+async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
+    let target = s.cwd.resolve(&a.path)?;
+    if target.is_root() {
+        return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
+    }
+    let user = s.user()?;
+    let limits = s
+        .shared
+        .users
+        .get(&user.name)
+        .map(|r| r.limits())
+        .ok_or_else(|| OpError::new(ErrorCode::PermissionDenied, "this user no longer exists"))?;
+    let pname = partial_name(&user.name, &target, a.size, &a.hash);
+    let guard = UploadGuard::acquire(&s.shared, &user.name, &target, &pname).ok_or_else(|| {
+        OpError::new(
+            ErrorCode::Busy,
+            format!(
+                "{}: another upload to this path is in progress",
+                target.display()
+            ),
+        )
+    })?;
+    let home = Arc::clone(&user.home);
+    let partials = Arc::clone(&user.partials);
+    let (t, pn, offset, overwrite) = (target.clone(), pname.clone(), a.offset, a.overwrite);
+    let (file, target_is_file, held) = blocking(move || {
+        let parent = t.parent().expect("not root");
+        let pmeta = home
+            .dir()
+            .metadata(parent.rel())
+            .map_err(|e| OpError::io(&parent, e))?;
+        if !pmeta.is_dir() {
+            return Err(OpError::new(
+                ErrorCode::NotADirectory,
+                format!("{}: not a directory", parent.display()),
+            ));
+        }
+        let target_is_file = match home.dir().symlink_metadata(t.rel()) {
+            Ok(m) if m.is_dir() => {
+                return Err(OpError::new(
+                    ErrorCode::IsADirectory,
+                    format!("{}: is a directory", t.display()),
+                ));
+            }
+            Ok(_) if !overwrite => {
+                return Err(OpError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("{}: already exists", t.display()),
+                ));
+            }
+            Ok(m) => m.is_file(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(OpError::io(&t, e)),
+        };
+        let internal = |e: io::Error| OpError::Internal(format!("partial {pn}: {e}"));
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true);
+        let file = partials.open_with(&pn, &opts).map_err(internal)?.into_std();
+        let held = file.metadata().map_err(internal)?.len();
+        if offset > held {
+            if held == 0 {
+                let _ = partials.remove_file(&pn);
+            }
+            return Err(OpError::new(
+                ErrorCode::BadRequest,
+                format!("offset {offset} is past the {held} bytes held for this upload (ask with resume)"),
+            ));
+        }
+        if held != offset {
+            file.set_len(offset).map_err(internal)?;
+        }
+        Ok((file, target_is_file, held))
+    })
+    .await?;
+    // The partial shrank to `offset`: those bytes were counted while it was held.
+    user.usage.adjust(-((held - a.offset) as i64), 0);
+    let files = if target_is_file { 0 } else { 1 };
+    let reservation = match user.usage.reserve(a.size - a.offset, files, limits) {
+        Ok(r) => r,
+        Err(e) => {
+            if a.offset == 0 {
+                let partials = Arc::clone(&user.partials);
+                let pn = pname.clone();
+                let _ = blocking(move || Ok(partials.remove_file(&pn))).await;
+            }
+            return Err(OpError::new(ErrorCode::QuotaExceeded, e.to_string()));
+        }
+    };
+    Ok(Prepared {
+        target,
+        _guard: guard,
+        pname,
+        file,
+        reservation,
+    })
+}
+
+/// How the writer ended.
+enum Written {
+    /// Every byte arrived and was written; the digests (declared algo first, then blake3 if
+    /// that is another) of the whole file.
+    Complete(File, Vec<Digest>),
+    /// The body stopped early; this many bytes past `offset` are in the partial.
+    Interrupted(u64),
+    /// Writing failed after this many bytes.
+    Failed(io::Error),
+}
+
+fn write_partial(
+    file: File,
+    offset: u64,
+    size: u64,
+    algo: HashAlgo,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Written {
+    let mut hashers = vec![Hasher::new(algo)];
+    if algo != HashAlgo::Blake3 {
+        hashers.push(Hasher::new(HashAlgo::Blake3));
+    }
+    // The held prefix is hashed first (it was not necessarily written by this connection).
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < offset {
+        let want = ((offset - pos) as usize).min(buf.len());
+        match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => return Written::Failed(io::Error::other("partial shrank while resuming")),
+            Ok(n) => {
+                for h in &mut hashers {
+                    h.update(&buf[..n]);
+                }
+                pos += n as u64;
+            }
+            Err(e) => return Written::Failed(e),
+        }
+    }
+    drop(buf);
+    while let Some(chunk) = rx.blocking_recv() {
+        for h in &mut hashers {
+            h.update(&chunk);
+        }
+        if let Err(e) = file.write_all_at(&chunk, pos) {
+            return Written::Failed(e);
+        }
+        pos += chunk.len() as u64;
+    }
+    if pos != size {
+        return Written::Interrupted(pos - offset);
+    }
+    Written::Complete(file, hashers.into_iter().map(Hasher::finalize).collect())
+}
+
+async fn transfer(
+    s: &Session,
+    conn: &mut Conn,
+    a: PutArgs,
+    p: Prepared,
+) -> Result<Result<Reply, OpError>, ConnError> {
+    let user = s.user().expect("put runs logged in");
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (offset, size, algo) = (a.offset, a.size, a.hash.algo());
+    let writer = tokio::task::spawn_blocking(move || write_partial(p.file, offset, size, algo, rx));
+    let mut conn_err = None;
+    let mut writer_alive = true;
+    loop {
+        match conn.next_body_chunk().await {
+            Ok(Some(chunk)) => {
+                if writer_alive && tx.send(chunk).await.is_err() {
+                    // The writer failed; keep reading so the stream stays in sync.
+                    writer_alive = false;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                conn_err = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer
+        .await
+        .unwrap_or_else(|e| Written::Failed(io::Error::other(format!("writer panicked: {e}"))));
+    let remove_partial = |pname: String| {
+        let partials = Arc::clone(&user.partials);
+        let usage = Arc::clone(&user.usage);
+        async move {
+            let _ = blocking(move || Ok(partials.remove_file(&pname))).await;
+            usage.adjust(-(offset as i64), 0);
+        }
+    };
+    let (file, digests) = match written {
+        Written::Complete(f, d) => (f, d),
+        Written::Interrupted(n) => {
+            user.usage.adjust(n as i64, 0);
+            drop(p.reservation);
+            return match conn_err {
+                Some(e) => Err(e),
+                None => Ok(Err(OpError::Internal("upload body ended early".into()))),
+            };
+        }
+        Written::Failed(e) => {
+            drop(p.reservation);
+            remove_partial(p.pname).await;
+            if let Some(ce) = conn_err {
+                return Err(ce);
+            }
+            return Ok(Err(OpError::io(&p.target, e)));
+        }
+    };
+    if digests[0] != a.hash {
+        drop(p.reservation);
+        remove_partial(p.pname).await;
+        return Ok(Err(OpError::new(
+            ErrorCode::ChecksumMismatch,
+            format!(
+                "{}: the uploaded bytes hash to {}, not the declared {}",
+                p.target.display(),
+                digests[0],
+                a.hash
+            ),
+        )));
+    }
+    let home = Arc::clone(&user.home);
+    let partials = Arc::clone(&user.partials);
+    let shared = Arc::clone(&s.shared);
+    let name = user.name.clone();
+    let (t, pn, mtime, overwrite) = (p.target.clone(), p.pname.clone(), a.mtime, a.overwrite);
+    let placed = blocking(move || {
+        let internal = |e: io::Error| OpError::Internal(format!("finishing {}: {e}", t.display()));
+        if let Some(secs) = mtime {
+            let when = if secs >= 0 {
+                UNIX_EPOCH + Duration::from_secs(secs as u64)
+            } else {
+                UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            };
+            file.set_modified(when).map_err(internal)?;
+        } else {
+            file.set_modified(SystemTime::now()).map_err(internal)?;
+        }
+        file.sync_all().map_err(internal)?;
+        let parent = t.parent().expect("not root");
+        let pdir = home
+            .dir()
+            .open_dir(parent.rel())
+            .map_err(|e| OpError::io(&parent, e))?;
+        let fname = t.name().expect("not root");
+        let old = if overwrite {
+            pdir.symlink_metadata(fname).ok()
+        } else {
+            None
+        };
+        rename_at(&*partials, &pn, &pdir, fname, !overwrite).map_err(|e| OpError::io(&t, e))?;
+        // SAFETY: fsync on a directory fd we hold open.
+        unsafe { libc::fsync(pdir.as_raw_fd()) };
+        let stamp = FileStamp::of(&file.metadata().map_err(internal)?);
+        shared.hashes.record(&name, &stamp, &digests);
+        Ok(old.filter(|m| m.is_file()).map(|m| m.len()))
+    })
+    .await;
+    match placed {
+        Ok(replaced) => {
+            let reserved_files = p.reservation.files() as i64;
+            p.reservation.commit();
+            let (bytes, files) = match replaced {
+                Some(old) => (-(old as i64), -reserved_files),
+                None => (0, 1 - reserved_files),
+            };
+            user.usage.adjust(bytes, files);
+            Ok(Ok(Reply::Put {
+                path: p.target.display(),
+                size: a.size,
+                hash: a.hash,
+            }))
+        }
+        Err(e) => {
+            drop(p.reservation);
+            remove_partial(p.pname).await;
+            Ok(Err(e))
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `resume`: how many bytes of an interrupted upload of exactly this file (user, path, size,
+//! hash) the server holds.
+
+use ferry_proto::{Digest, Reply};
+
+use super::{OpError, blocking};
+use crate::session::{Session, partial_name};
+
+pub async fn run(s: &Session, path: &str, size: u64, hash: &Digest) -> Result<Reply, OpError> {
+    let target = s.cwd.resolve(path)?;
+    let user = s.user()?;
+    let name = partial_name(&user.name, &target, size, hash);
+    let partials = std::sync::Arc::clone(&user.partials);
+    let held = blocking(move || {
+        Ok(match partials.metadata(&name) {
+            Ok(m) if m.is_file() => m.len().min(size),
+            _ => 0,
+        })
+    })
+    .await?;
+    Ok(Reply::Resume {
+        path: target.display(),
+        offset: held,
+    })
+}

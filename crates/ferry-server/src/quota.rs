@@ -1,0 +1,298 @@
+//! Size parsing and the per-user usage accountant.
+//!
+//! Usage is bytes and regular files in the home plus bytes held in the user's partial
+//! uploads. It is computed once by walking both (first login or first `ferry user list`), then
+//! kept in memory and adjusted by every operation. An upload reserves its bytes and its file
+//! *before* the first body byte arrives, under the user's lock, so concurrent uploads cannot
+//! together overshoot the quota.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Bytes and files in use (or reserved).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// A user's limits, as read from the users file at the time of the check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("quota exceeded: {used} bytes used + {want} requested > {limit} allowed")]
+    Bytes { used: u64, want: u64, limit: u64 },
+    #[error("file limit reached: {used} files, at most {limit} allowed")]
+    Files { used: u64, limit: u64 },
+}
+
+/// One user's live usage.
+#[derive(Debug, Default)]
+pub struct UserUsage {
+    usage: Mutex<Usage>,
+}
+
+impl UserUsage {
+    pub fn new(initial: Usage) -> Self {
+        UserUsage {
+            usage: Mutex::new(initial),
+        }
+    }
+
+    pub fn get(&self) -> Usage {
+        *self.usage.lock().unwrap()
+    }
+
+    /// Reserves `bytes` and `files` if they fit under `limits`, atomically with respect to
+    /// every other reservation of this user.
+    pub fn reserve(
+        self: &Arc<Self>,
+        bytes: u64,
+        files: u64,
+        limits: QuotaLimits,
+    ) -> Result<Reservation, QuotaError> {
+        let mut u = self.usage.lock().unwrap();
+        if u.bytes.saturating_add(bytes) > limits.bytes {
+            return Err(QuotaError::Bytes {
+                used: u.bytes,
+                want: bytes,
+                limit: limits.bytes,
+            });
+        }
+        if u.files.saturating_add(files) > limits.files {
+            return Err(QuotaError::Files {
+                used: u.files,
+                limit: limits.files,
+            });
+        }
+        u.bytes += bytes;
+        u.files += files;
+        Ok(Reservation {
+            owner: Arc::clone(self),
+            bytes,
+            files,
+        })
+    }
+
+    /// Adds (or with negative values removes) usage that needs no check: bytes already on
+    /// disk, releases.
+    pub fn adjust(&self, bytes: i64, files: i64) {
+        let mut u = self.usage.lock().unwrap();
+        u.bytes = u.bytes.saturating_add_signed(bytes);
+        u.files = u.files.saturating_add_signed(files);
+    }
+}
+
+/// Reserved usage, released on drop unless [`Reservation::commit`]ted.
+#[derive(Debug)]
+pub struct Reservation {
+    owner: Arc<UserUsage>,
+    bytes: u64,
+    files: u64,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    pub fn files(&self) -> u64 {
+        self.files
+    }
+    /// The reserved usage is now real (the file is in place): keep it counted.
+    pub fn commit(mut self) {
+        self.bytes = 0;
+        self.files = 0;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes != 0 || self.files != 0 {
+            self.owner
+                .adjust(-(self.bytes as i64), -(self.files as i64));
+        }
+    }
+}
+
+/// Every user's [`UserUsage`], created on first need.
+#[derive(Debug, Default)]
+pub struct QuotaBook {
+    users: Mutex<HashMap<String, Arc<UserUsage>>>,
+}
+
+impl QuotaBook {
+    pub fn get(&self, user: &str) -> Option<Arc<UserUsage>> {
+        self.users.lock().unwrap().get(user).cloned()
+    }
+
+    /// The user's usage, computing it with `init` if this is the first need. If two callers
+    /// race, the first insertion wins and both get it.
+    pub fn get_or_insert(&self, user: &str, initial: Usage) -> Arc<UserUsage> {
+        self.users
+            .lock()
+            .unwrap()
+            .entry(user.to_owned())
+            .or_insert_with(|| Arc::new(UserUsage::new(initial)))
+            .clone()
+    }
+
+    pub fn forget(&self, user: &str) {
+        self.users.lock().unwrap().remove(user);
+    }
+}
+
+/// Walks a home (regular files: bytes and count; symlinks are not followed) and a partials
+/// directory (bytes only).
+pub fn measure(home: &Path, partials: &Path) -> io::Result<Usage> {
+    let mut usage = Usage::default();
+    walk(home, &mut usage, true)?;
+    walk(partials, &mut usage, false)?;
+    Ok(usage)
+}
+
+fn walk(dir: &Path, usage: &mut Usage, count_files: bool) -> io::Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            walk(&entry.path(), usage, count_files)?;
+        } else if ft.is_file() {
+            usage.bytes += entry.metadata()?.len();
+            if count_files {
+                usage.files += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a size: `1024`, `500MB`, `10GiB`, `1.5G`, `unlimited`. Decimal units (kB, MB, GB,
+/// TB) are powers of 1000, binary ones (KiB, MiB, GiB, TiB, and bare K, M, G, T) of 1024.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("none") {
+        return Ok(u64::MAX);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000_u64.pow(2),
+        "gb" => 1000_u64.pow(3),
+        "tb" => 1000_u64.pow(4),
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        _ => return Err(format!("unknown size unit {unit:?} in {s:?}")),
+    };
+    if num.is_empty() {
+        return Err(format!("no number in size {s:?}"));
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n
+            .checked_mul(mult)
+            .ok_or_else(|| format!("size {s:?} is too large"));
+    }
+    let f: f64 = num
+        .parse()
+        .map_err(|_| format!("bad number {num:?} in size {s:?}"))?;
+    let v = f * mult as f64;
+    if !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
+        return Err(format!("size {s:?} is out of range"));
+    }
+    Ok(v as u64)
+}
+
+/// Formats a byte count for people: `10 GiB`, `512 B`, `unlimited`.
+pub fn format_size(n: u64) -> String {
+    if n == u64::MAX {
+        return "unlimited".into();
+    }
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[i])
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("10 gib"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("unlimited"), Ok(u64::MAX));
+        assert!(parse_size("10XB").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(format_size(10 << 30), "10 GiB");
+    }
+
+    #[test]
+    fn reservations_are_atomic_and_released() {
+        let u = Arc::new(UserUsage::new(Usage::default()));
+        let lim = QuotaLimits {
+            bytes: 100,
+            files: 2,
+        };
+        let a = u.reserve(60, 1, lim).unwrap();
+        assert!(matches!(
+            u.reserve(60, 1, lim),
+            Err(QuotaError::Bytes { .. })
+        ));
+        let b = u.reserve(40, 1, lim).unwrap();
+        assert!(matches!(
+            u.reserve(0, 1, lim),
+            Err(QuotaError::Files { .. })
+        ));
+        drop(a);
+        assert_eq!(
+            u.get(),
+            Usage {
+                bytes: 40,
+                files: 1
+            }
+        );
+        b.commit();
+        assert_eq!(
+            u.get(),
+            Usage {
+                bytes: 40,
+                files: 1
+            }
+        );
+    }
+}

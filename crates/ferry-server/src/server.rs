@@ -1,0 +1,164 @@
+//! The accept loop, the connection cap, graceful shutdown and the partial-upload sweeper.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::conn::refuse_busy;
+use crate::root::DataRoot;
+use crate::session::{Shared, serve_connection};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data root {path}: {source}")]
+    Root {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting, lets connections
+/// finish what they are doing (idle ones close at once, busy ones after their current
+/// request) for up to `config.grace`, and cuts whatever is left.
+///
+/// The caller binds, so tests can pass a listener on port 0.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let (root, _) = DataRoot::open_or_init(&config.root).map_err(|source| ServerError::Root {
+        path: config.root.clone(),
+        source,
+    })?;
+    let grace = config.grace;
+    let max = config.max_connections;
+    let shared = Arc::new(Shared::new(config, root));
+    let cancel = CancellationToken::new();
+    let hard = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    tracker.spawn(sweeper(Arc::clone(&shared), cancel.clone()));
+
+    let permits = Arc::new(Semaphore::new(max));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of fds and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => {
+                let (shared, cancel, hard) = (Arc::clone(&shared), cancel.clone(), hard.clone());
+                tracker.spawn(async move {
+                    tracing::debug!(%peer, "connected");
+                    tokio::select! {
+                        _ = serve_connection(shared, stream, peer, cancel) => {}
+                        _ = hard.cancelled() => {}
+                    }
+                    tracing::debug!(%peer, "disconnected");
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "at the connection limit ({max}); refusing");
+                tracker.spawn(refuse_busy(stream));
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting up to {grace:?} for transfers in flight");
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+        hard.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    }
+    Ok(())
+}
+
+async fn sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
+    let interval = shared.config.sweep_interval;
+    loop {
+        let s = Arc::clone(&shared);
+        match tokio::task::spawn_blocking(move || sweep_partials(&s)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("removed {n} abandoned partial uploads"),
+            Ok(Err(e)) => tracing::warn!("sweeping partial uploads: {e}"),
+            Err(e) => tracing::warn!("sweeper failed: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Removes partial uploads not written to for `partial_max_age` (unless an upload is using
+/// them right now) and releases their quota; also clears stale temporaries. Returns how many
+/// partials went.
+pub fn sweep_partials(shared: &Shared) -> io::Result<usize> {
+    let max_age = shared.config.partial_max_age;
+    let now = SystemTime::now();
+    let old = |m: &std::fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= max_age)
+    };
+    let mut removed = 0;
+    for user_dir in std::fs::read_dir(shared.root.partials_root())? {
+        let user_dir = user_dir?;
+        let user = user_dir.file_name().to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir(user_dir.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || !old(&meta) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Held while deleting, so an upload cannot claim the partial in between.
+            let uploads = shared.uploads.lock().unwrap();
+            if uploads.partials.contains(&(user.clone(), name)) {
+                continue;
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+                if let Some(u) = shared.quota.get(&user) {
+                    u.adjust(-(meta.len() as i64), 0);
+                }
+            }
+            drop(uploads);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(shared.root.tmp_dir()) {
+        for entry in entries.flatten() {
+            if let Ok(meta) = entry.metadata() {
+                if meta.is_file() && old(&meta) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+    Ok(removed)
+}

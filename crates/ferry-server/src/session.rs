@@ -1,0 +1,361 @@
+//! One client's session: the state machine of the design notes (connected → greeted →
+//! authenticated), the dispatch to one module per command, and the connection loop that
+//! reads requests in order and answers them in order.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use ferry_proto::{Digest, ErrorCode, ReplyFrame, Request, RequestFrame, WireError};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::conn::{Conn, ConnError};
+use crate::hashes::HashStore;
+use crate::home::{Home, VPath};
+use crate::ops::{self, OpError};
+use crate::quota::{QuotaBook, UserUsage};
+use crate::root::DataRoot;
+use crate::users::UserStore;
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: ServerConfig,
+    pub root: DataRoot,
+    pub users: UserStore,
+    pub quota: QuotaBook,
+    pub hashes: HashStore,
+    /// Uploads in progress: who writes which path, and which partials are in use (the
+    /// sweeper leaves those alone).
+    pub uploads: Mutex<Uploads>,
+}
+
+#[derive(Debug, Default)]
+pub struct Uploads {
+    pub paths: HashSet<(String, String)>,
+    pub partials: HashSet<(String, String)>,
+}
+
+impl Shared {
+    pub fn new(config: ServerConfig, root: DataRoot) -> Self {
+        Shared {
+            users: UserStore::new(root.clone()),
+            hashes: HashStore::new(root.clone()),
+            quota: QuotaBook::default(),
+            uploads: Mutex::new(Uploads::default()),
+            config,
+            root,
+        }
+    }
+}
+
+/// Marks a path and its partial as being uploaded to, until dropped.
+#[derive(Debug)]
+pub struct UploadGuard {
+    shared: Arc<Shared>,
+    path: (String, String),
+    partial: (String, String),
+}
+
+impl UploadGuard {
+    /// `None` if another upload to the same path (by this user) is in progress.
+    pub fn acquire(shared: &Arc<Shared>, user: &str, path: &VPath, partial: &str) -> Option<Self> {
+        let path = (user.to_owned(), path.display());
+        let partial = (user.to_owned(), partial.to_owned());
+        let mut up = shared.uploads.lock().unwrap();
+        if up.paths.contains(&path) || up.partials.contains(&partial) {
+            return None;
+        }
+        up.paths.insert(path.clone());
+        up.partials.insert(partial.clone());
+        Some(UploadGuard {
+            shared: Arc::clone(shared),
+            path,
+            partial,
+        })
+    }
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        let mut up = self.shared.uploads.lock().unwrap();
+        up.paths.remove(&self.path);
+        up.partials.remove(&self.partial);
+    }
+}
+
+/// A logged-in user's handles.
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    /// The home, as a capability: every path of this session is opened through it.
+    pub home: Arc<Home>,
+    /// The user's partial uploads directory (server-internal).
+    pub partials: Arc<Dir>,
+    pub usage: Arc<UserUsage>,
+}
+
+#[derive(Debug)]
+pub enum Phase {
+    Connected,
+    Greeted,
+    Authenticated(User),
+}
+
+/// What the connection loop does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    pub cwd: VPath,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        Session {
+            shared,
+            peer,
+            phase: Phase::Connected,
+            cwd: VPath::root(),
+        }
+    }
+
+    pub fn user(&self) -> Result<&User, OpError> {
+        match &self.phase {
+            Phase::Authenticated(u) => Ok(u),
+            _ => Err(OpError::new(ErrorCode::AuthRequired, "log in first")),
+        }
+    }
+
+    pub fn login(&mut self, user: User) {
+        self.phase = Phase::Authenticated(user);
+    }
+
+    /// Whether `request` is allowed in the current phase.
+    fn admit(&self, request: &Request) -> Result<(), WireError> {
+        let e = |code, msg: &str| Err(WireError::new(code, msg));
+        match (&self.phase, request) {
+            (Phase::Connected, Request::Hello { .. }) => Ok(()),
+            (Phase::Connected, _) => e(ErrorCode::BadRequest, "send hello first"),
+            (_, Request::Hello { .. }) => e(ErrorCode::BadRequest, "hello was already sent"),
+            (Phase::Greeted, Request::Login { .. } | Request::Quit) => Ok(()),
+            (Phase::Greeted, _) => e(ErrorCode::AuthRequired, "log in first"),
+            (Phase::Authenticated(_), Request::Login { .. }) => {
+                e(ErrorCode::BadRequest, "already logged in")
+            }
+            (Phase::Authenticated(_), _) => Ok(()),
+        }
+    }
+
+    /// Handles one request, queueing its reply (and sending its body, for `get`). A body the
+    /// handler did not consume is discarded by the caller.
+    pub async fn handle(
+        &mut self,
+        frame: RequestFrame,
+        conn: &mut Conn,
+    ) -> Result<Flow, ConnError> {
+        let RequestFrame { id, request, .. } = frame;
+        if let Err(e) = self.admit(&request) {
+            conn.queue(&ReplyFrame::err(id, e));
+            return Ok(Flow::Continue);
+        }
+        let result = match request {
+            Request::Hello {
+                version, features, ..
+            } => {
+                let r = ops::hello::run(self, version, &features);
+                if r.is_ok() {
+                    self.phase = Phase::Greeted;
+                }
+                r
+            }
+            Request::Login { user, password } => {
+                let r = ops::login::run(self, user, password).await;
+                if r.is_ok() {
+                    conn.set_max_header(self.shared.config.limits.max_header);
+                }
+                r
+            }
+            Request::Pwd => Ok(ops::pwd::run(self)),
+            Request::Cd { path } => ops::cd::run(self, &path).await,
+            Request::Ls { path } => ops::ls::run(self, path.as_deref()).await,
+            Request::Stat { path, algo } => ops::stat::run(self, &path, algo).await,
+            Request::Mkdir { path, parents } => ops::mkdir::run(self, &path, parents).await,
+            Request::Rm { path, recursive } => ops::rm::run(self, &path, recursive).await,
+            Request::Mv {
+                from,
+                to,
+                overwrite,
+            } => ops::mv::run(self, &from, &to, overwrite).await,
+            Request::Put {
+                path,
+                size,
+                hash,
+                offset,
+                overwrite,
+                mtime,
+            } => {
+                let args = ops::put::PutArgs {
+                    path,
+                    size,
+                    hash,
+                    offset,
+                    overwrite,
+                    mtime,
+                };
+                ops::put::run(self, conn, args).await?
+            }
+            Request::Resume { path, size, hash } => {
+                ops::resume::run(self, &path, size, &hash).await
+            }
+            Request::Get { path, offset, algo } => {
+                match ops::get::run(self, &path, offset, algo).await {
+                    Ok(ready) => {
+                        if conn.queue(&ReplyFrame::ok(id, ready.reply)) {
+                            conn.send_file(&ready.file, ready.offset, ready.len).await?;
+                        }
+                        return Ok(Flow::Continue);
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Request::Quit => {
+                conn.queue(&ReplyFrame::ok(id, ops::quit::run()));
+                return Ok(Flow::Close);
+            }
+        };
+        match result {
+            Ok(reply) => conn.queue(&ReplyFrame::ok(id, reply)),
+            Err(e) => conn.queue(&ReplyFrame::err(id, e.into_wire())),
+        };
+        Ok(Flow::Continue)
+    }
+}
+
+/// Serves one connection until the peer quits or closes, a fatal error, a timeout, or
+/// shutdown (checked between requests).
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let cfg = &shared.config;
+    let mut conn = Conn::new(
+        stream,
+        cfg.limits.max_header_prelogin,
+        cfg.limits.max_header,
+        cfg.idle_timeout,
+        cfg.frame_timeout,
+        cfg.io_buffer,
+    );
+    let limits = cfg.limits;
+    let mut session = Session::new(Arc::clone(&shared), peer);
+    let fail = |conn: &mut Conn, e: ConnError| -> bool {
+        match e {
+            ConnError::Proto(p) => {
+                tracing::debug!(%peer, "fatal frame error: {p}");
+                conn.queue_error(p.code(), p.to_string());
+                true
+            }
+            ConnError::Timeout(what) => {
+                tracing::debug!(%peer, "timed out {what}");
+                conn.queue_error(ErrorCode::Timeout, format!("timed out {what}"));
+                true
+            }
+            ConnError::Io(e) => {
+                tracing::debug!(%peer, "connection failed: {e}");
+                false
+            }
+        }
+    };
+    loop {
+        let header = match conn.next_header(&shutdown).await {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => {
+                if fail(&mut conn, e) {
+                    break;
+                }
+                return;
+            }
+        };
+        let flow = match RequestFrame::from_header(header, &limits) {
+            Ok(frame) => session.handle(frame, &mut conn).await,
+            Err(rejected) => {
+                conn.queue(&ReplyFrame::err(rejected.id, rejected.error.to_wire()));
+                Ok(Flow::Continue)
+            }
+        };
+        let flow = match flow {
+            Ok(f) => f,
+            Err(e) => {
+                if fail(&mut conn, e) {
+                    break;
+                }
+                return;
+            }
+        };
+        if conn.body_remaining() > 0 {
+            if let Err(e) = conn.discard_body().await {
+                if fail(&mut conn, e) {
+                    break;
+                }
+                return;
+            }
+        }
+        if flow == Flow::Close {
+            break;
+        }
+    }
+    conn.close().await;
+}
+
+/// Opens a regular file for reading through the home capability. `O_NONBLOCK` so that a FIFO
+/// placed in a home by other means cannot hang us; anything but a regular file is refused.
+pub fn open_regular(home: &Home, path: &VPath) -> Result<File, OpError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let file = home
+        .dir()
+        .open_with(path.rel(), &opts)
+        .map_err(|e| OpError::io(path, e))?
+        .into_std();
+    let meta = file.metadata().map_err(|e| OpError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(OpError::new(
+            ErrorCode::IsADirectory,
+            format!("{}: is a directory", path.display()),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(OpError::new(
+            ErrorCode::PermissionDenied,
+            format!("{}: not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// The partial file of an upload identity: a hash of (user, path, size, hash), so two
+/// different files never share a partial and the name reveals nothing.
+pub fn partial_name(user: &str, path: &VPath, size: u64, hash: &Digest) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [user, &path.display(), &size.to_string(), &hash.to_string()] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
+    format!("{}.part", &h.finalize().to_hex()[..32])
+}

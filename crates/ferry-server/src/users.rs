@@ -1,0 +1,330 @@
+//! Users: the users file, password hashing, and the operations behind `ferry user`.
+//!
+//! `users.json` holds, per user, a name, an argon2id PHC string, and the quota. It is only
+//! ever replaced atomically (temp file, fsync, rename) under an exclusive `flock` of
+//! `users.lock`, so concurrent `ferry user` runs do not lose each other's changes and a
+//! running server never reads half a file. The server re-reads it at login whenever its inode,
+//! size or mtime changed, so user changes apply without a restart.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+
+use crate::quota::{self, QuotaLimits, Usage};
+use crate::root::DataRoot;
+
+/// One user as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    /// argon2id PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
+    pub password: String,
+    pub quota_bytes: u64,
+    pub max_files: u64,
+}
+
+impl UserRecord {
+    pub fn limits(&self) -> QuotaLimits {
+        QuotaLimits {
+            bytes: self.quota_bytes,
+            files: self.max_files,
+        }
+    }
+}
+
+/// The whole users file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsersFile {
+    #[serde(default)]
+    pub users: Vec<UserRecord>,
+}
+
+impl UsersFile {
+    pub fn get(&self, name: &str) -> Option<&UserRecord> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("invalid user name {0:?}: use 1-32 of a-z 0-9 _ . - starting with a-z or _")]
+    InvalidName(String),
+    #[error("user {0:?} already exists")]
+    Exists(String),
+    #[error("no user {0:?}")]
+    NoSuchUser(String),
+    #[error("password must not be empty")]
+    EmptyPassword,
+    #[error("users file {path}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Checks a user name: `[a-z_][a-z0-9_.-]{0,31}`.
+pub fn validate_name(name: &str) -> Result<(), UserError> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b[1..].iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(UserError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Hashes a password into an argon2id PHC string (default parameters, random salt).
+pub fn hash_password(password: &str) -> Result<String, UserError> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| UserError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Hash(e.to_string()))
+}
+
+/// Verifies a password against a PHC string; a malformed PHC string verifies nothing.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Spends about as long as a real verification, so an unknown user name answers no faster
+/// than a wrong password.
+pub fn verify_dummy(password: &str) {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let phc = DUMMY.get_or_init(|| hash_password("ferry-dummy").unwrap_or_default());
+    let _ = verify_password(password, phc);
+}
+
+/// Reads the users file; a missing file is an empty one.
+pub fn load(root: &DataRoot) -> Result<UsersFile, UserError> {
+    let path = root.users_file();
+    match fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|source| UserError::Corrupt { path, source })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UsersFile::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `f` on the users file under the exclusive lock and writes the result atomically.
+fn modify<T>(
+    root: &DataRoot,
+    f: impl FnOnce(&mut UsersFile) -> Result<T, UserError>,
+) -> Result<T, UserError> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.users_lock())?;
+    // SAFETY: flock on an fd we own; the lock is released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    let mut file = load(root)?;
+    let out = f(&mut file)?;
+    let mut json = serde_json::to_vec_pretty(&file).expect("users file serializes");
+    json.push(b'\n');
+    root.write_atomic(&root.users_file(), &json)?;
+    drop(lock);
+    Ok(out)
+}
+
+/// `ferry user add`.
+pub fn add(
+    root: &DataRoot,
+    name: &str,
+    password: &str,
+    quota_bytes: u64,
+    max_files: u64,
+) -> Result<(), UserError> {
+    validate_name(name)?;
+    if password.is_empty() {
+        return Err(UserError::EmptyPassword);
+    }
+    let phc = hash_password(password)?;
+    modify(root, |f| {
+        if f.get(name).is_some() {
+            return Err(UserError::Exists(name.to_owned()));
+        }
+        f.users.push(UserRecord {
+            name: name.to_owned(),
+            password: phc,
+            quota_bytes,
+            max_files,
+        });
+        f.users.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    })?;
+    root.ensure_user_dirs(name)?;
+    Ok(())
+}
+
+/// `ferry user passwd`.
+pub fn passwd(root: &DataRoot, name: &str, password: &str) -> Result<(), UserError> {
+    if password.is_empty() {
+        return Err(UserError::EmptyPassword);
+    }
+    let phc = hash_password(password)?;
+    modify(root, |f| {
+        let u = f
+            .users
+            .iter_mut()
+            .find(|u| u.name == name)
+            .ok_or_else(|| UserError::NoSuchUser(name.to_owned()))?;
+        u.password = phc;
+        Ok(())
+    })
+}
+
+/// `ferry user del`; with `purge`, the home, partials and hash records go too.
+pub fn del(root: &DataRoot, name: &str, purge: bool) -> Result<(), UserError> {
+    validate_name(name)?;
+    modify(root, |f| {
+        let before = f.users.len();
+        f.users.retain(|u| u.name != name);
+        if f.users.len() == before {
+            return Err(UserError::NoSuchUser(name.to_owned()));
+        }
+        Ok(())
+    })?;
+    if purge {
+        for dir in [
+            root.home_dir(name),
+            root.partials_dir(name),
+            root.hashes_dir(name),
+        ] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ferry user list`: every user with its usage measured from disk.
+pub fn list(root: &DataRoot) -> Result<Vec<(UserRecord, Usage)>, UserError> {
+    let file = load(root)?;
+    let mut out = Vec::new();
+    for u in file.users {
+        let usage = quota::measure(&root.home_dir(&u.name), &root.partials_dir(&u.name))?;
+        out.push((u, usage));
+    }
+    Ok(out)
+}
+
+/// Inode, size, mtime (s, ns): changes whenever the users file is replaced or edited.
+type FileId = (u64, u64, i64, i64);
+
+/// The server's view of the users file: cached, re-read when the file changes.
+#[derive(Debug)]
+pub struct UserStore {
+    root: DataRoot,
+    cache: Mutex<(Option<FileId>, Arc<UsersFile>)>,
+}
+
+impl UserStore {
+    pub fn new(root: DataRoot) -> Self {
+        UserStore {
+            root,
+            cache: Mutex::new((None, Arc::new(UsersFile::default()))),
+        }
+    }
+
+    /// The current users file (re-read if its inode, size or mtime changed). If it cannot
+    /// be read, the last good copy is used and the problem logged.
+    pub fn current(&self) -> Arc<UsersFile> {
+        let stamp = fs::metadata(self.root.users_file())
+            .ok()
+            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()));
+        let mut cache = self.cache.lock().unwrap();
+        if cache.0 != stamp || stamp.is_none() {
+            match load(&self.root) {
+                Ok(f) => *cache = (stamp, Arc::new(f)),
+                Err(e) => tracing::error!("cannot read the users file: {e}"),
+            }
+        }
+        Arc::clone(&cache.1)
+    }
+
+    pub fn get(&self, name: &str) -> Option<UserRecord> {
+        self.current().get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["alice", "_x", "a.b-c_9", &"a".repeat(32)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "Alice",
+            "9a",
+            ".a",
+            "-a",
+            "a/b",
+            "a b",
+            "..",
+            &"a".repeat(33),
+            "é",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn add_passwd_del_list() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, _) = DataRoot::open_or_init(t.path().join("r")).unwrap();
+        add(&root, "alice", "pw1", 1000, 10).unwrap();
+        assert!(matches!(
+            add(&root, "alice", "x", 1, 1),
+            Err(UserError::Exists(_))
+        ));
+        let f = load(&root).unwrap();
+        assert!(f.get("alice").unwrap().password.starts_with("$argon2id$"));
+        assert!(verify_password("pw1", &f.get("alice").unwrap().password));
+        passwd(&root, "alice", "pw2").unwrap();
+        let f = load(&root).unwrap();
+        assert!(verify_password("pw2", &f.get("alice").unwrap().password));
+        assert!(!verify_password("pw1", &f.get("alice").unwrap().password));
+        fs::write(root.home_dir("alice").join("f"), b"12345").unwrap();
+        let l = list(&root).unwrap();
+        assert_eq!(l[0].1, Usage { bytes: 5, files: 1 });
+        del(&root, "alice", true).unwrap();
+        assert!(!root.home_dir("alice").exists());
+        assert!(matches!(
+            del(&root, "alice", false),
+            Err(UserError::NoSuchUser(_))
+        ));
+    }
+}
