@@ -211,9 +211,7 @@ fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let outcome = ferry_udp::ping::run(&socket, target, &config, stop, |seen| {
-            if !json {
-                print_observation(&seen);
-            }
+            print_observation(&seen, !json);
         })
         .await?;
         let summary = outcome.summary(config.timeout);
@@ -235,7 +233,7 @@ fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
         }
         if summary.upper_cased > 0 {
             eprintln!(
-                "ferry: {} echoes came back upper-cased: run the server without --upper",
+                "ferry: {} of the echoes came back upper-cased: run the server without --upper",
                 summary.upper_cased
             );
         }
@@ -247,9 +245,12 @@ fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_observation(seen: &Observation<'_>) {
+/// Reply lines go to stdout in text mode only; ignored datagrams are always noted on stderr,
+/// which keeps `--json` stdout a single object.
+fn print_observation(seen: &Observation<'_>, replies: bool) {
     match seen {
         Observation::Sent { .. } => {}
+        Observation::Reply { .. } if !replies => {}
         Observation::Reply {
             seq,
             from,
