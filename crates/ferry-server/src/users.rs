@@ -91,9 +91,15 @@ pub fn validate_name(name: &str) -> Result<(), UserError> {
 
 /// Hashes a password into an argon2id PHC string (default parameters, random salt).
 pub fn hash_password(password: &str) -> Result<String, UserError> {
+    hash_password_with(password, argon2::Params::default())
+}
+
+/// Hashes with explicit argon2id parameters. Verification reads the parameters back from the
+/// PHC string, so cheap parameters (for tests) and stronger ones can coexist in one file.
+pub fn hash_password_with(password: &str, params: argon2::Params) -> Result<String, UserError> {
     let salt_bytes: [u8; 16] = rand::random();
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| UserError::Hash(e.to_string()))?;
-    Argon2::default()
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| UserError::Hash(e.to_string()))
@@ -164,7 +170,18 @@ pub fn add(
     if password.is_empty() {
         return Err(UserError::EmptyPassword);
     }
-    let phc = hash_password(password)?;
+    add_hashed(root, name, hash_password(password)?, quota_bytes, max_files)
+}
+
+/// `add` with a ready PHC string (e.g. one made with cheap parameters for tests).
+pub fn add_hashed(
+    root: &DataRoot,
+    name: &str,
+    phc: String,
+    quota_bytes: u64,
+    max_files: u64,
+) -> Result<(), UserError> {
+    validate_name(name)?;
     modify(root, |f| {
         if f.get(name).is_some() {
             return Err(UserError::Exists(name.to_owned()));

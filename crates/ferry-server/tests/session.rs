@@ -1,0 +1,584 @@
+//! The session state machine, every command, and the error codes they produce.
+
+mod common;
+
+use common::*;
+use ferry_proto::{EntryKind, ErrorCode, HashAlgo, Reply, Request};
+
+fn login(user: &str, pw: &str) -> Request {
+    Request::Login {
+        user: user.into(),
+        password: pw.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_negotiates_and_reports_peer() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    let me = c.stream.local_addr().unwrap();
+    match c
+        .call(Request::Hello {
+            version: 7,
+            features: vec!["resume".into(), "hash:md5".into(), "teleport".into()],
+            client: None,
+        })
+        .await
+        .unwrap()
+    {
+        Reply::Hello {
+            version,
+            features,
+            server,
+            peer,
+            max_header,
+        } => {
+            assert_eq!(version, 1);
+            assert_eq!(features, vec!["resume".to_string(), "hash:md5".to_string()]);
+            assert!(server.starts_with("ferry/"));
+            assert_eq!(peer, me.to_string());
+            assert_eq!(max_header, 64 * 1024);
+        }
+        other => panic!("{other:?}"),
+    }
+    c.expect_err(
+        Request::Hello {
+            version: 1,
+            features: vec![],
+            client: None,
+        },
+        ErrorCode::BadRequest,
+    )
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_machine_errors() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    // Before hello: everything else is bad_request.
+    c.expect_err(Request::Pwd, ErrorCode::BadRequest).await;
+    c.expect_err(login("alice", "alice-pw"), ErrorCode::BadRequest)
+        .await;
+    c.expect_err(
+        Request::Hello {
+            version: 0,
+            features: vec![],
+            client: None,
+        },
+        ErrorCode::UnsupportedVersion,
+    )
+    .await;
+    c.hello().await;
+    // Before login: auth_required.
+    for r in [
+        Request::Pwd,
+        Request::Ls { path: None },
+        Request::Get {
+            path: "/x".into(),
+            offset: 0,
+            algo: None,
+        },
+    ] {
+        c.expect_err(r, ErrorCode::AuthRequired).await;
+    }
+    // A put before login: refused, and its body skipped so the stream stays in sync.
+    let body = b"not welcome";
+    let id = c
+        .send(
+            Request::Put {
+                path: "/x".into(),
+                size: body.len() as u64,
+                hash: blake3(body),
+                offset: 0,
+                overwrite: false,
+                mtime: None,
+            },
+            body,
+        )
+        .await;
+    let (f, _) = c.recv().await;
+    assert_eq!(f.id, id);
+    assert_eq!(f.result.unwrap_err().code, ErrorCode::AuthRequired);
+    // Wrong password and unknown user: the same code and message.
+    let a = c
+        .expect_err(login("alice", "nope"), ErrorCode::AuthFailed)
+        .await;
+    let b = c
+        .expect_err(login("mallory", "nope"), ErrorCode::AuthFailed)
+        .await;
+    assert_eq!(a.message, b.message);
+    c.expect_err(login("../etc", "x"), ErrorCode::AuthFailed)
+        .await;
+    match c.call(login("alice", "alice-pw")).await.unwrap() {
+        Reply::Login { user, cwd } => {
+            assert_eq!(user, "alice");
+            assert_eq!(cwd, "/");
+        }
+        other => panic!("{other:?}"),
+    }
+    c.expect_err(login("alice", "alice-pw"), ErrorCode::BadRequest)
+        .await;
+    assert_eq!(c.call(Request::Quit).await.unwrap(), Reply::Quit);
+    c.expect_closed().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_op_and_malformed_are_not_fatal() {
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    let raw = |json: &str, body: &[u8]| {
+        let mut v = (json.len() as u32).to_le_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v.extend_from_slice(body);
+        v
+    };
+    c.write_raw(&raw(r#"{"id":5,"op":"teleport","body_len":3}"#, b"abc"))
+        .await;
+    let (f, _) = c.recv().await;
+    assert_eq!(f.id, 5);
+    assert_eq!(f.result.unwrap_err().code, ErrorCode::BadRequest);
+    c.write_raw(&raw(r#"{"id":6,"op":"cd","path":7}"#, b""))
+        .await;
+    let (f, _) = c.recv().await;
+    assert_eq!(
+        (f.id, f.result.unwrap_err().code),
+        (6, ErrorCode::BadRequest)
+    );
+    c.write_raw(&raw(r#"{"op":"pwd"}"#, b"")).await;
+    let (f, _) = c.recv().await;
+    assert_eq!(
+        (f.id, f.result.unwrap_err().code),
+        (0, ErrorCode::BadRequest)
+    );
+    // A body on a bodiless op: rejected, body skipped.
+    c.write_raw(&raw(r#"{"id":8,"op":"pwd","body_len":4}"#, b"zzzz"))
+        .await;
+    let (f, _) = c.recv().await;
+    assert_eq!(
+        (f.id, f.result.unwrap_err().code),
+        (8, ErrorCode::BadRequest)
+    );
+    // A put over the size limit: too_large (header only, no body declared mismatch).
+    assert!(matches!(c.call(Request::Pwd).await, Ok(Reply::Pwd { .. })));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_frames_get_one_error_and_close() {
+    let srv = TestServer::start().await;
+    // Oversize header before login (limit 4 KiB): too_large, id 0, closed.
+    let mut c = srv.client().await;
+    c.write_raw(&(5000u32).to_le_bytes()).await;
+    let (f, _) = c.recv().await;
+    assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::TooLarge));
+    c.expect_closed().await;
+    // After login the limit is 64 KiB: a 10 KiB header is fine.
+    let mut c = srv.login("alice").await;
+    let long = "a/".repeat(2000) + "x";
+    c.expect_err(Request::Cd { path: long }, ErrorCode::NotFound)
+        .await;
+    // Not JSON: bad_request, id 0, closed.
+    let mut c = srv.client().await;
+    c.write_raw(b"\x03\x00\x00\x00abc").await;
+    let (f, _) = c.recv().await;
+    assert_eq!(
+        (f.id, f.result.unwrap_err().code),
+        (0, ErrorCode::BadRequest)
+    );
+    c.expect_closed().await;
+    // Zero length.
+    let mut c = srv.client().await;
+    c.write_raw(&[0, 0, 0, 0]).await;
+    let (f, _) = c.recv().await;
+    assert_eq!(
+        (f.id, f.result.unwrap_err().code),
+        (0, ErrorCode::BadRequest)
+    );
+    c.expect_closed().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_commands() {
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    assert_eq!(
+        c.call(Request::Pwd).await.unwrap(),
+        Reply::Pwd { cwd: "/".into() }
+    );
+    // mkdir: plain, parents, exists, missing parent.
+    c.call(Request::Mkdir {
+        path: "docs".into(),
+        parents: false,
+    })
+    .await
+    .unwrap();
+    c.expect_err(
+        Request::Mkdir {
+            path: "docs".into(),
+            parents: false,
+        },
+        ErrorCode::AlreadyExists,
+    )
+    .await;
+    c.call(Request::Mkdir {
+        path: "docs".into(),
+        parents: true,
+    })
+    .await
+    .unwrap();
+    c.expect_err(
+        Request::Mkdir {
+            path: "a/b/c".into(),
+            parents: false,
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    assert_eq!(
+        c.call(Request::Mkdir {
+            path: "a/b/c".into(),
+            parents: true
+        })
+        .await
+        .unwrap(),
+        Reply::Mkdir {
+            path: "/a/b/c".into()
+        }
+    );
+    // cd and relative paths.
+    assert_eq!(
+        c.call(Request::Cd { path: "a/b".into() }).await.unwrap(),
+        Reply::Cd { cwd: "/a/b".into() }
+    );
+    c.put("f.txt", b"hello").await.unwrap();
+    c.expect_err(
+        Request::Mkdir {
+            path: "f.txt".into(),
+            parents: true,
+        },
+        ErrorCode::AlreadyExists,
+    )
+    .await;
+    c.expect_err(
+        Request::Mkdir {
+            path: "f.txt/sub".into(),
+            parents: false,
+        },
+        ErrorCode::NotADirectory,
+    )
+    .await;
+    c.expect_err(
+        Request::Cd {
+            path: "f.txt".into(),
+        },
+        ErrorCode::NotADirectory,
+    )
+    .await;
+    c.expect_err(
+        Request::Cd {
+            path: "nope".into(),
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    c.expect_err(
+        Request::Cd {
+            path: "../../..".into(),
+        },
+        ErrorCode::InvalidPath,
+    )
+    .await;
+    assert_eq!(
+        c.call(Request::Cd { path: "..".into() }).await.unwrap(),
+        Reply::Cd { cwd: "/a".into() }
+    );
+    assert_eq!(
+        c.call(Request::Pwd).await.unwrap(),
+        Reply::Pwd { cwd: "/a".into() }
+    );
+    c.call(Request::Cd { path: "/".into() }).await.unwrap();
+    // ls: sorted, kinds, sizes, hash of record on uploaded files; ls of a file.
+    c.put("/docs/b.txt", b"bbb").await.unwrap();
+    c.mkdir("/docs/a-dir").await;
+    let entries = c.ls("/docs").await;
+    let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a-dir", "b.txt"]);
+    assert_eq!(entries[0].kind, EntryKind::Dir);
+    assert_eq!((entries[1].kind, entries[1].size), (EntryKind::File, 3));
+    assert_eq!(entries[1].hash, Some(blake3(b"bbb")));
+    let one = c.ls("/docs/b.txt").await;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].name, "b.txt");
+    match c.call(Request::Ls { path: None }).await.unwrap() {
+        Reply::Ls { path, entries } => {
+            assert_eq!(path, "/");
+            assert_eq!(entries.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    c.expect_err(
+        Request::Ls {
+            path: Some("/nope".into()),
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    // stat with and without algo.
+    match c
+        .call(Request::Stat {
+            path: "/docs/b.txt".into(),
+            algo: None,
+        })
+        .await
+        .unwrap()
+    {
+        Reply::Stat(e) => {
+            assert_eq!(e.name, "/docs/b.txt");
+            assert_eq!(e.hash, Some(blake3(b"bbb")));
+        }
+        other => panic!("{other:?}"),
+    }
+    for algo in HashAlgo::ALL {
+        match c
+            .call(Request::Stat {
+                path: "docs/b.txt".into(),
+                algo: Some(algo),
+            })
+            .await
+            .unwrap()
+        {
+            Reply::Stat(e) => assert_eq!(e.hash, Some(ferry_proto::Digest::of(algo, b"bbb"))),
+            other => panic!("{other:?}"),
+        }
+    }
+    c.expect_err(
+        Request::Stat {
+            path: "/docs".into(),
+            algo: Some(HashAlgo::Md5),
+        },
+        ErrorCode::IsADirectory,
+    )
+    .await;
+    c.expect_err(
+        Request::Stat {
+            path: "/zzz".into(),
+            algo: None,
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    // mv: rename, exists without overwrite, with overwrite, into itself, missing source.
+    c.put("/m1", b"one").await.unwrap();
+    c.put("/m2", b"two").await.unwrap();
+    c.expect_err(
+        Request::Mv {
+            from: "/m1".into(),
+            to: "/m2".into(),
+            overwrite: false,
+        },
+        ErrorCode::AlreadyExists,
+    )
+    .await;
+    assert_eq!(
+        c.call(Request::Mv {
+            from: "/m1".into(),
+            to: "/m2".into(),
+            overwrite: true
+        })
+        .await
+        .unwrap(),
+        Reply::Mv {
+            from: "/m1".into(),
+            to: "/m2".into()
+        }
+    );
+    assert_eq!(c.get("/m2").await.unwrap().1, b"one");
+    c.expect_err(
+        Request::Mv {
+            from: "/m1".into(),
+            to: "/m3".into(),
+            overwrite: false,
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    c.expect_err(
+        Request::Mv {
+            from: "/a".into(),
+            to: "/a/b/c/d".into(),
+            overwrite: false,
+        },
+        ErrorCode::InvalidPath,
+    )
+    .await;
+    c.expect_err(
+        Request::Mv {
+            from: "/".into(),
+            to: "/x".into(),
+            overwrite: false,
+        },
+        ErrorCode::PermissionDenied,
+    )
+    .await;
+    c.expect_err(
+        Request::Mv {
+            from: "/m2".into(),
+            to: "/nodir/x".into(),
+            overwrite: false,
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    c.call(Request::Mv {
+        from: "/docs".into(),
+        to: "/a/docs2".into(),
+        overwrite: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.get("/a/docs2/b.txt").await.unwrap().1, b"bbb");
+    // the hash of record follows the file through mv
+    assert_eq!(c.ls("/a/docs2/b.txt").await[0].hash, Some(blake3(b"bbb")));
+    // rm: file, non-empty dir, recursive, root, missing.
+    c.expect_err(
+        Request::Rm {
+            path: "/a".into(),
+            recursive: false,
+        },
+        ErrorCode::DirectoryNotEmpty,
+    )
+    .await;
+    c.expect_err(
+        Request::Rm {
+            path: "/".into(),
+            recursive: true,
+        },
+        ErrorCode::PermissionDenied,
+    )
+    .await;
+    c.expect_err(
+        Request::Rm {
+            path: "/ghost".into(),
+            recursive: false,
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    assert_eq!(
+        c.call(Request::Rm {
+            path: "/m2".into(),
+            recursive: false
+        })
+        .await
+        .unwrap(),
+        Reply::Rm { path: "/m2".into() }
+    );
+    c.call(Request::Rm {
+        path: "/a".into(),
+        recursive: true,
+    })
+    .await
+    .unwrap();
+    assert!(c.ls("/").await.is_empty());
+    assert!(
+        std::fs::read_dir(srv.home("alice"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_answer_in_order() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    // Everything from hello to quit in one write, puts with bodies included.
+    let mut ids = Vec::new();
+    ids.push(
+        c.send(
+            Request::Hello {
+                version: 1,
+                features: vec![],
+                client: None,
+            },
+            &[],
+        )
+        .await,
+    );
+    ids.push(c.send(login("alice", "alice-pw"), &[]).await);
+    ids.push(
+        c.send(
+            Request::Mkdir {
+                path: "p".into(),
+                parents: false,
+            },
+            &[],
+        )
+        .await,
+    );
+    for i in 0..20u64 {
+        let body = data(i, 1000 + i as usize * 100);
+        let req = Request::Put {
+            path: format!("p/f{i:02}"),
+            size: body.len() as u64,
+            hash: blake3(&body),
+            offset: 0,
+            overwrite: false,
+            mtime: Some(1_600_000_000 + i as i64),
+        };
+        ids.push(c.send(req, &body).await);
+    }
+    ids.push(
+        c.send(
+            Request::Cd {
+                path: "/nonexistent".into(),
+            },
+            &[],
+        )
+        .await,
+    ); // fails, rest goes on
+    for i in 0..20u64 {
+        ids.push(
+            c.send(
+                Request::Get {
+                    path: format!("/p/f{i:02}"),
+                    offset: 0,
+                    algo: None,
+                },
+                &[],
+            )
+            .await,
+        );
+    }
+    ids.push(c.send(Request::Quit, &[]).await);
+    for (n, id) in ids.iter().enumerate() {
+        let (f, body) = c.recv().await;
+        assert_eq!(f.id, *id, "reply {n} out of order");
+        match n {
+            23 => assert_eq!(f.result.unwrap_err().code, ErrorCode::NotFound),
+            24..=43 => {
+                let i = (n - 24) as u64;
+                let expected = data(i, 1000 + i as usize * 100);
+                match f.result.unwrap() {
+                    Reply::Get {
+                        size, mtime, hash, ..
+                    } => {
+                        assert_eq!(size, expected.len() as u64);
+                        assert_eq!(mtime, 1_600_000_000 + i as i64);
+                        assert_eq!(hash, blake3(&expected));
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert_eq!(body, expected);
+            }
+            _ => assert!(f.result.is_ok(), "reply {n}: {:?}", f.result),
+        }
+    }
+    c.expect_closed().await;
+    srv.stop().await;
+}
