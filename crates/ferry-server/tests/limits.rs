@@ -1,0 +1,222 @@
+//! Connection cap, timeouts, graceful shutdown, and many clients at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_proto::{ErrorCode, Reply, Request};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_at_the_connection_cap() {
+    let srv = TestServer::start_with(|c| c.max_connections = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = srv.client().await;
+        c.hello().await; // proves the connection is being served
+        held.push(c);
+    }
+    let mut extra = srv.client().await;
+    let (f, _) = extra.recv().await;
+    assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::Busy));
+    extra.expect_closed().await;
+    // A slot frees up when a client leaves.
+    let mut gone = held.pop().unwrap();
+    gone.call(Request::Quit).await.unwrap();
+    gone.expect_closed().await;
+    let mut ok = None;
+    for _ in 0..50 {
+        let mut c = srv.client().await;
+        let id = c
+            .send(
+                Request::Hello {
+                    version: 1,
+                    features: vec![],
+                    client: None,
+                },
+                &[],
+            )
+            .await;
+        let (f, _) = c.recv().await;
+        if f.id == id && f.result.is_ok() {
+            ok = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok.is_some(), "served again once below the cap");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout() {
+    let srv = TestServer::start_with(|c| c.idle_timeout = Duration::from_millis(600)).await;
+    let mut c = srv.login("alice").await;
+    let t = Instant::now();
+    let (f, _) = c.recv().await;
+    assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::Timeout));
+    assert!(t.elapsed() >= Duration::from_millis(500));
+    c.expect_closed().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_timeouts_header_and_body() {
+    let srv = TestServer::start_with(|c| {
+        c.frame_timeout = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // A header that starts and never completes.
+    let mut c = srv.client().await;
+    c.write_raw(&[20, 0, 0, 0, b'{']).await;
+    let (f, _) = c.recv().await;
+    assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::Timeout));
+    c.expect_closed().await;
+    // A header trickled byte by byte still has to finish in time.
+    let mut c = srv.client().await;
+    let trickle = tokio::spawn(async move {
+        let json = br#"{"id":1,"op":"hello","version":1,"features":[]}"#;
+        let mut frame = (json.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(json);
+        for b in frame {
+            if c.stream.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c
+    });
+    let mut c = trickle.await.unwrap();
+    let (f, _) = c.recv().await;
+    assert_eq!(f.result.unwrap_err().code, ErrorCode::Timeout);
+    // A body that stalls.
+    let mut c = srv.login("alice").await;
+    let body = data(1, 100_000);
+    let mut buf = bytes::BytesMut::new();
+    ferry_proto::RequestFrame {
+        id: 9,
+        request: Request::Put {
+            path: "/stall".into(),
+            size: body.len() as u64,
+            hash: blake3(&body),
+            offset: 0,
+            overwrite: false,
+            mtime: None,
+        },
+        body_len: body.len() as u64,
+    }
+    .encode(u32::MAX, &mut buf)
+    .unwrap();
+    buf.extend_from_slice(&body[..1000]);
+    c.write_raw(&buf).await;
+    let (f, _) = c.recv().await;
+    assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::Timeout));
+    c.expect_closed().await;
+    assert!(!srv.home("alice").join("stall").exists());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_transfers_finish() {
+    let mut srv = TestServer::start_with(|c| c.grace = Duration::from_secs(10)).await;
+    let mut idle = srv.login("bob").await;
+    let mut c = srv.login("alice").await;
+    let body = data(3, 2 * 1024 * 1024);
+    let mut buf = bytes::BytesMut::new();
+    ferry_proto::RequestFrame {
+        id: 1,
+        request: Request::Put {
+            path: "/inflight".into(),
+            size: body.len() as u64,
+            hash: blake3(&body),
+            offset: 0,
+            overwrite: false,
+            mtime: None,
+        },
+        body_len: body.len() as u64,
+    }
+    .encode(u32::MAX, &mut buf)
+    .unwrap();
+    buf.extend_from_slice(&body[..1024 * 1024]);
+    c.write_raw(&buf).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    srv.signal_stop();
+    // The idle connection is closed promptly; new connections are refused.
+    idle.expect_closed().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tokio::net::TcpStream::connect(srv.addr).await;
+    assert!(refused.is_err(), "listener closed");
+    // The upload in flight completes and is answered.
+    c.write_raw(&body[1024 * 1024..]).await;
+    let (f, _) = c.recv().await;
+    assert!(matches!(f.result, Ok(Reply::Put { .. })), "{:?}", f.result);
+    c.expect_closed().await;
+    assert_eq!(
+        std::fs::read(srv.home("alice").join("inflight")).unwrap(),
+        body
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_period_cuts_stalled_transfers() {
+    let mut srv = TestServer::start_with(|c| c.grace = Duration::from_millis(500)).await;
+    let mut c = srv.login("alice").await;
+    let mut buf = bytes::BytesMut::new();
+    ferry_proto::RequestFrame {
+        id: 1,
+        request: Request::Put {
+            path: "/never".into(),
+            size: 1000,
+            hash: blake3(&[0; 1000]),
+            offset: 0,
+            overwrite: false,
+            mtime: None,
+        },
+        body_len: 1000,
+    }
+    .encode(u32::MAX, &mut buf)
+    .unwrap();
+    buf.extend_from_slice(&[0; 10]);
+    c.write_raw(&buf).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    srv.signal_stop();
+    c.expect_closed().await;
+    srv.stop().await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_clients() {
+    let srv = TestServer::start().await;
+    let addr = srv.addr;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let user = if i % 2 == 0 { "alice" } else { "bob" };
+            c.hello_login(user, &format!("{user}-pw")).await;
+            let body = data(i, 10_000 + (i as usize * 997) % 50_000);
+            let path = format!("/c{i}.bin");
+            c.put(&path, &body).await.unwrap();
+            let (r, got) = c.get(&path).await.unwrap();
+            assert_eq!(got, body, "client {i}");
+            assert!(matches!(r, Reply::Get { hash, .. } if hash == blake3(&body)));
+            c.call(Request::Quit).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("client finished in time")
+            .unwrap();
+    }
+    eprintln!("200 clients in {:?}", started.elapsed());
+    assert_eq!(std::fs::read_dir(srv.home("alice")).unwrap().count(), 100);
+    assert_eq!(std::fs::read_dir(srv.home("bob")).unwrap().count(), 100);
+    srv.stop().await;
+}
