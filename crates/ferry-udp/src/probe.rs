@@ -184,6 +184,17 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_byte_exact() {
+        // docs/UDP.md's example; the checksum was computed independently with zlib.crc32.
+        let expected = [
+            0x66, 0x72, 0x79, 0x01, 0xea, 0xf1, 0xc9, 0x59, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef, 0, 0, 0, 0, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0x16, 0xe3, 0x60, 0x67, 0x68,
+            0x69, 0x6a, 0x6b, 0x6c, 0x6d, 0x6e,
+        ];
+        assert_eq!(encode(&SAMPLE, 40).unwrap(), expected);
+    }
+
+    #[test]
     fn refuses_sizes_below_the_header() {
         assert_eq!(
             encode(&SAMPLE, HEADER_LEN - 1),

@@ -717,7 +717,6 @@ fn relay_loop(
             Act::Delay(d) => delayed.push((Instant::now() + d, datagram)),
         }
     }
-    drop(forward);
     forwarded
 }
 
