@@ -137,7 +137,7 @@ impl Client {
             match self.socket.recv(&mut buf) {
                 Ok(_) => continue,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) if crate::ping::is_transient(&err) => continue,
+                Err(err) if crate::is_transient(&err) => continue,
                 Err(err) => {
                     self.socket.set_nonblocking(false)?;
                     return Err(err);

@@ -61,3 +61,13 @@ pub fn bind(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     socket.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(socket.into())
 }
+
+/// Receive errors that say nothing about the socket itself: ICMP errors about an earlier
+/// datagram (reported by some systems on the next receive) and interruptions.
+pub(crate) fn is_transient(err: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock
+    )
+}

@@ -249,7 +249,7 @@ where
                 }
                 // ICMP errors from earlier sends surface here on some systems; the probe is
                 // simply unanswered.
-                Err(err) if is_transient(&err) => {
+                Err(err) if crate::is_transient(&err) => {
                     tracing::debug!(error = %err, "ignored receive error");
                 }
                 Err(err) => return Err(PingError::Receive(err)),
@@ -293,14 +293,6 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
         // Back to back, but still let the receive branch run between sends.
         None => tokio::task::yield_now().await,
     }
-}
-
-pub(crate) fn is_transient(err: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        err.kind(),
-        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock
-    )
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ where
             () = &mut shutdown => break,
             received = socket.recv_from(&mut buf) => match received {
                 Ok(got) => got,
-                Err(err) if crate::ping::is_transient(&err) => {
+                Err(err) if crate::is_transient(&err) => {
                     tracing::debug!(error = %err, "ignored receive error");
                     continue;
                 }

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -555,8 +555,10 @@ fn ping_with_no_server_reports_total_loss_and_exits_3() {
 #[test]
 fn ctrl_c_prints_the_summary_so_far() {
     let server = Server::echo("127.0.0.1:0");
-    let to = server.addr.to_string();
     for json in [true, false] {
+        // Through a relay only to see probes flowing: then ping's handlers are installed.
+        let relay = Relay::start(server.addr, |_| Act::Forward, None);
+        let to = relay.addr.to_string();
         let mut args = vec![
             "udp",
             "ping",
@@ -574,15 +576,16 @@ fn ctrl_c_prints_the_summary_so_far() {
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let out = thread::spawn(move || read_all(stdout));
-        thread::sleep(Duration::from_millis(500));
+        relay.wait_for_probes(5);
         signal_process(child.id(), "INT");
         let status = wait_limited(&mut child, LIMIT);
         let stdout = out.join().unwrap();
+        let forwarded = relay.finish().len() as u64;
         assert!(status.success(), "{stdout}");
         if json {
             let s: Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -592,14 +595,64 @@ fn ctrl_c_prints_the_summary_so_far() {
             else {
                 unreachable!()
             };
-            assert!((2..1000).contains(&sent), "{s}");
+            // The relay may stop before passing on the very last probe.
+            assert!((5..1000).contains(&sent), "{s}");
+            assert!(
+                (forwarded..=forwarded + 1).contains(&sent),
+                "{s} {forwarded}"
+            );
             // On loopback nothing is lost: each probe is answered or still in flight.
             assert_eq!((received + pending, lost), (sent, 0), "{s}");
+            assert!(received >= 4, "{s}");
         } else {
+            assert!(stdout.contains("seq=4 "), "{stdout}");
             assert!(stdout.contains("udp ping statistics"), "{stdout}");
-            assert!(stdout.contains("seq=2 "), "{stdout}");
+            let sent: u64 = stdout
+                .lines()
+                .find_map(|l| l.split_once(" sent, "))
+                .and_then(|(n, _)| n.parse().ok())
+                .unwrap_or_else(|| panic!("no sent count in {stdout}"));
+            assert!((forwarded..=forwarded + 1).contains(&sent), "{stdout}");
         }
     }
+}
+
+/// On a terminal the client prompts like the course's `input()`; `script` provides the pty.
+#[test]
+fn send_prompts_when_stdin_is_a_terminal() {
+    let Ok(script) = which("script") else {
+        println!("note: script (util-linux) is not installed; skipping the terminal prompt test");
+        return;
+    };
+    let server = Server::upper("127.0.0.1:0");
+    let command = format!(
+        "{} udp send --to {}",
+        env!("CARGO_BIN_EXE_ferry"),
+        server.addr
+    );
+    let mut child = Command::new(script)
+        // -E never: the pty does not echo what is typed, so only ferry's output is seen.
+        .args(["-q", "-e", "-E", "never", "-c", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning script");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nworld\n")
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let out = thread::spawn(move || read_all(stdout));
+    let status = wait_limited(&mut child, LIMIT);
+    assert!(status.success());
+    // The terminal turns "\n" into "\r\n"; after the last line, end of input ends the prompt.
+    assert_eq!(
+        out.join().unwrap().replace('\r', ""),
+        ">>> HELLO\n>>> WORLD\n>>> \n"
+    );
 }
 
 /// What the relay does with a probe on its way to the server.
@@ -618,7 +671,9 @@ enum Act {
 struct Relay {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<u64>>>,
+    /// Sequence numbers forwarded to the server, in order.
+    forwarded: Arc<Mutex<Vec<u64>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// Called once with the relay socket, the client's address and its first probe.
@@ -633,19 +688,37 @@ impl Relay {
             .unwrap();
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let running = Arc::clone(&stop);
-        let thread = thread::spawn(move || relay_loop(socket, server, rule, inject, &running));
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
+        let thread = thread::spawn({
+            let stop = Arc::clone(&stop);
+            let forwarded = Arc::clone(&forwarded);
+            move || relay_loop(socket, server, rule, inject, &stop, &forwarded)
+        });
         Relay {
             addr,
             stop,
+            forwarded,
             thread: Some(thread),
+        }
+    }
+
+    /// Waits until at least `n` probes went through, so the client is surely running.
+    fn wait_for_probes(&self, n: usize) {
+        let deadline = Instant::now() + LIMIT;
+        while self.forwarded.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} probes within {LIMIT:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// Stops the relay and returns the sequence numbers it forwarded, in order.
     fn finish(mut self) -> Vec<u64> {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap()
+        self.thread.take().unwrap().join().unwrap();
+        self.forwarded.lock().unwrap().clone()
     }
 }
 
@@ -666,18 +739,18 @@ fn relay_loop(
     rule: fn(u64) -> Act,
     mut inject: Option<Inject>,
     stop: &AtomicBool,
-) -> Vec<u64> {
-    let mut forwarded = Vec::new();
+    forwarded: &Mutex<Vec<u64>>,
+) {
     let mut client = None;
     let mut held_for: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut delayed: Vec<(Instant, Vec<u8>)> = Vec::new();
     let mut buf = vec![0u8; 65_536];
-    let mut forward = |probe: &[u8], held_for: &mut Vec<(u64, Vec<u8>)>| {
+    let forward = |probe: &[u8], held_for: &mut Vec<(u64, Vec<u8>)>| {
         let mut queue = vec![probe.to_vec()];
         while let Some(probe) = queue.pop() {
             socket.send_to(&probe, server).unwrap();
             let seq = seq_of(&probe);
-            forwarded.push(seq);
+            forwarded.lock().unwrap().push(seq);
             // Release whatever waited for this one.
             let (ready, waiting) = held_for.drain(..).partition(|(after, _)| *after == seq);
             *held_for = waiting;
@@ -717,7 +790,6 @@ fn relay_loop(
             Act::Delay(d) => delayed.push((Instant::now() + d, datagram)),
         }
     }
-    forwarded
 }
 
 #[test]
