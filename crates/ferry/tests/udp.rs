@@ -223,6 +223,25 @@ fn serve_echoes_bytes_unchanged_over_ipv4_and_ipv6() {
 }
 
 #[test]
+fn a_wildcard_ipv6_server_answers_both_families() {
+    let server = Server::echo("[::]:0");
+    for client in ["127.0.0.1:0", "[::1]:0"] {
+        let socket = UdpSocket::bind(client).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let loopback: SocketAddr = if client.starts_with('[') {
+            format!("[::1]:{}", server.port())
+        } else {
+            format!("127.0.0.1:{}", server.port())
+        }
+        .parse()
+        .unwrap();
+        assert_eq!(echo_via(&socket, loopback, b"dual stack"), b"dual stack");
+    }
+}
+
+#[test]
 fn serve_upper_cases_ascii_letters_only() {
     let server = Server::upper("127.0.0.1:0");
     let socket = client_socket(server.addr);
@@ -939,4 +958,39 @@ fn ping_counts_and_ignores_malformed_and_foreign_datagrams() {
     );
     // Ignored datagrams are told about on stderr, never on stdout's JSON.
     assert_eq!(done.stderr.matches("ignored").count(), 9, "{}", done.stderr);
+}
+
+#[test]
+fn ping_survives_a_flood_of_junk_and_keeps_stderr_short() {
+    let server = Server::echo("127.0.0.1:0");
+    let inject: Inject = Box::new(|relay: &UdpSocket, client: SocketAddr, _: &[u8]| {
+        // Deterministic junk of sizes 0..200, including some starting with the magic.
+        let mut x: u32 = 0x1234_5678;
+        for i in 0..500u32 {
+            let mut junk: Vec<u8> = (0..i % 200)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect();
+            if i % 3 == 0 && junk.len() >= 4 {
+                junk[..4].copy_from_slice(b"fry\x01");
+            }
+            relay.send_to(&junk, client).unwrap();
+        }
+    });
+    let relay = Relay::start(server.addr, |_| Act::Forward, Some(inject));
+    let (s, done) = ping_json(relay.addr, &["--count", "10", "--interval", "20"]);
+    relay.finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(
+        counts(&s, &["sent", "received", "foreign", "malformed"]),
+        [10, 10, 0, 500],
+        "{s}"
+    );
+    assert_eq!(done.stderr.matches("ignored malformed").count(), 10);
+    assert!(
+        done.stderr
+            .contains("further ignored datagrams are counted, not shown")
+    );
 }

@@ -102,7 +102,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         let socket = ferry_udp::bind(addr).with_context(|| format!("binding udp {addr}"))?;
         let local = socket.local_addr()?;
-        println!("listening on udp {local}");
+        // The server keeps serving even if nobody reads stdout, hence no `?`.
+        let _ = writeln!(io::stdout(), "listening on udp {local}");
+        tracing::info!(%local, upper = args.upper, "udp echo server listening");
         let config = ServerConfig { upper: args.upper };
         let stats = ferry_udp::server::run(socket, config, shutdown).await?;
         tracing::info!(
@@ -205,13 +207,15 @@ fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
         };
         let socket = ferry_udp::bind(local).context("binding the ping socket")?;
         if !json {
-            println!(
+            writeln!(
+                io::stdout(),
                 "PING {target} (udp): {} probes of {} bytes every {} ms, timeout {} ms, session {:016x}",
                 config.count, config.size, args.interval, args.timeout, config.session
-            );
+            )?;
         }
+        let mut ignored = 0;
         let outcome = ferry_udp::ping::run(&socket, target, &config, stop, |seen| {
-            print_observation(&seen, !json);
+            print_observation(&seen, !json, &mut ignored);
         })
         .await?;
         let summary = outcome.summary(config.timeout);
@@ -227,9 +231,9 @@ fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
                 elapsed_ms: as_millis(outcome.end),
                 summary: &summary,
             };
-            println!("{}", serde_json::to_string(&report)?);
+            writeln!(io::stdout(), "{}", serde_json::to_string(&report)?)?;
         } else {
-            print_summary(target, &summary);
+            print_summary(target, &summary)?;
         }
         if summary.upper_cased > 0 {
             eprintln!(
@@ -245,9 +249,26 @@ fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reply lines go to stdout in text mode only; ignored datagrams are always noted on stderr,
-/// which keeps `--json` stdout a single object.
-fn print_observation(seen: &Observation<'_>, replies: bool) {
+/// Ignored datagrams noted on stderr before the rest are only counted, so a flood of junk
+/// does not flood the terminal.
+const MAX_NOTICES: u64 = 10;
+
+/// Reply lines go to stdout in text mode only; ignored datagrams are noted on stderr in both
+/// modes, which keeps `--json` stdout a single object. A closed stdout is not an error here:
+/// the summary's write reports it.
+fn print_observation(seen: &Observation<'_>, replies: bool, ignored: &mut u64) {
+    if matches!(
+        seen,
+        Observation::Foreign { .. } | Observation::Malformed { .. }
+    ) {
+        *ignored += 1;
+        if *ignored > MAX_NOTICES {
+            if *ignored == MAX_NOTICES + 1 {
+                eprintln!("(further ignored datagrams are counted, not shown)");
+            }
+            return;
+        }
+    }
     match seen {
         Observation::Sent { .. } => {}
         Observation::Reply { .. } if !replies => {}
@@ -264,7 +285,8 @@ fn print_observation(seen: &Observation<'_>, replies: bool) {
                 (false, true) => " (late: counted as lost)",
                 (false, false) => "",
             };
-            println!(
+            let _ = writeln!(
+                io::stdout(),
                 "{len} bytes from {from}: seq={seq} rtt={:.3} ms{note}",
                 as_millis(*rtt)
             );
@@ -280,9 +302,11 @@ fn print_observation(seen: &Observation<'_>, replies: bool) {
     }
 }
 
-fn print_summary(target: SocketAddr, s: &Summary) {
-    println!("--- {target} udp ping statistics ---");
-    println!(
+fn print_summary(target: SocketAddr, s: &Summary) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "--- {target} udp ping statistics ---")?;
+    writeln!(
+        out,
         "{} sent, {} received, {:.1}% loss, {} duplicates, {} reordered, {} late, {} pending, \
          {} foreign, {} malformed",
         s.sent,
@@ -294,9 +318,10 @@ fn print_summary(target: SocketAddr, s: &Summary) {
         s.pending,
         s.foreign,
         s.malformed
-    );
+    )?;
     if let Some(rtt) = &s.rtt {
-        println!(
+        writeln!(
+            out,
             "rtt min/avg/max/p50/p99 = {:.3}/{:.3}/{:.3}/{:.3}/{:.3} ms, jitter {:.3} ms \
              (RFC 3550 estimator {:.3} ms)",
             as_millis(rtt.min),
@@ -306,8 +331,9 @@ fn print_summary(target: SocketAddr, s: &Summary) {
             as_millis(rtt.p99),
             as_millis(rtt.jitter),
             as_millis(rtt.jitter_rfc3550)
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// `HOST:PORT`, or a bare `HOST` on the default port; the first address it resolves to.
