@@ -9,7 +9,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -144,6 +144,7 @@ fn modify<T>(
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(root.users_lock())?;
     // SAFETY: flock on an fd we own; the lock is released when `lock` is closed.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {

@@ -1,10 +1,135 @@
 //! `ferry serve`: the file server.
+//!
+//! Output contract (tests and scripts rely on it): once bound, one line on stdout,
+//! `ferry listening on ADDR` (e.g. `ferry listening on 127.0.0.1:9696`); everything else goes
+//! to stderr. SIGINT or SIGTERM stops accepting, lets transfers in flight finish within
+//! `--grace`, and exits 0.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_server::{DataRoot, ServerConfig};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Data root: settings, users, homes, partial uploads (created if missing).
+    #[arg(long, env = "FERRY_ROOT", default_value = "ferry-data")]
+    pub root: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:9696")]
+    pub listen: String,
+    /// Connections served at once; one more is answered `busy` and closed.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Close a connection with no request for this long (e.g. 300, 5m).
+    #[arg(long, default_value = "300", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// A started frame header must complete, and a body keep moving, within this.
+    #[arg(long, default_value = "30", value_parser = parse_duration)]
+    pub frame_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long transfers in flight may take to finish.
+    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Remove partial uploads untouched for this long (e.g. 24h).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub partial_max_age: Duration,
+    /// Async worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("ferry serve is not built yet")
+/// Seconds, or a number with an `s`, `m`, `h` or `d` suffix.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (use e.g. 30, 30s, 5m, 24h)"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(n * mult as f64))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (root, _) = DataRoot::open_or_init(&args.root)
+        .with_context(|| format!("cannot set up the data root {}", args.root.display()))?;
+    let users = ferry_server::users::load(&root)?;
+    if users.users.is_empty() {
+        eprintln!(
+            "ferry: no users yet in {root} — add one with: ferry user add NAME --root {root}",
+            root = args.root.display()
+        );
+    }
+    let mut config = ServerConfig::new(&args.root);
+    config.max_connections = args.max_connections.max(1);
+    config.idle_timeout = args.idle_timeout;
+    config.frame_timeout = args.frame_timeout;
+    config.grace = args.grace;
+    config.partial_max_age = args.partial_max_age;
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().max_blocking_threads(1024);
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ferry listening on {addr}")?;
+            out.flush()?;
+        }
+        tracing::info!(root = %args.root.display(), "serving");
+        ferry_server::run(listener, config, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
 }
