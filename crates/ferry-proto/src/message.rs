@@ -459,6 +459,15 @@ impl ReplyFrame {
         let result = if ok {
             let reply: Reply = serde_json::from_value(Value::Object(fields))
                 .map_err(|e| malformed(e.to_string()))?;
+            // A get reply whose offset is past its size is contradictory; expected_body()
+            // would call it bodiless, so catch it here rather than hand it to a client.
+            if let Reply::Get { size, offset, .. } = &reply {
+                if offset > size {
+                    return Err(reject(ProtoError::BodyMismatch(format!(
+                        "get reply offset {offset} is past the file size {size}"
+                    ))));
+                }
+            }
             if body_len != reply.expected_body() {
                 return Err(reject(ProtoError::BodyMismatch(format!(
                     "{} reply must carry {} body bytes, declared {body_len}",

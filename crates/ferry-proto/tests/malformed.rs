@@ -591,6 +591,12 @@ fn reply_bodies_must_match_the_op() {
         assert!(matches!(e.error, ProtoError::BodyMismatch(_)), "{e:?}");
         assert_err(&e.error, false, ErrorCode::BadRequest);
     }
+    // A get reply whose offset is past its size is contradictory, body or not.
+    let past = r#"{"id":1,"ok":true,"op":"get","path":"/f","size":3,"offset":4,"mtime":0,"hash":"md5:900150983cd24fb0d6963f7d28e17f72"}"#;
+    let e = reply(past).unwrap_err();
+    assert_eq!(e.id, 1);
+    assert!(matches!(e.error, ProtoError::BodyMismatch(_)), "{e:?}");
+    assert_err(&e.error, false, ErrorCode::BadRequest);
     for json in [
         r#"{"id":2,"ok":true,"op":"pwd","cwd":"/","body_len":1}"#,
         r#"{"id":2,"ok":false,"code":"not_found","message":"x","body_len":1}"#,
