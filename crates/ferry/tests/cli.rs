@@ -1,0 +1,385 @@
+//! End-to-end tests of the client commands: the real binary against a real server on
+//! loopback, files in temp dirs.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use common::{Server, SlowProxy, bytes, json, ok, run, wait_until};
+use ferry_proto::{Digest, HashAlgo};
+
+fn write(path: &Path, data: &[u8]) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::write(path, data).unwrap();
+}
+
+#[test]
+fn put_and_get_round_trip_small_large_and_empty_files() {
+    let srv = Server::start(&["alice"]);
+    let local = tempfile::tempdir().unwrap();
+    let files = [
+        ("small.txt", bytes(1, 10)),
+        ("large.bin", bytes(2, 3 * 1024 * 1024 + 17)),
+        ("empty", Vec::new()),
+    ];
+    for (name, data) in &files {
+        write(&local.path().join(name), data);
+    }
+    let out = json(
+        srv.ferry("alice")
+            .args(["put", "--json"])
+            .args(files.iter().map(|(n, _)| local.path().join(n)))
+            .arg("/"),
+    );
+    assert_eq!(out["uploaded"], 3, "{out}");
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(srv.home("alice").join(name)).unwrap(),
+            data,
+            "{name}"
+        );
+        let entry = out["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["remote"] == format!("/{name}") || f["remote"] == *name)
+            .unwrap_or_else(|| panic!("{name} in {out}"));
+        assert_eq!(
+            entry["hash"],
+            Digest::of(HashAlgo::Blake3, data).to_string(),
+            "{name}"
+        );
+    }
+
+    let back = tempfile::tempdir().unwrap();
+    let out = json(
+        srv.ferry("alice")
+            .args(["get", "--json", "small.txt", "large.bin", "empty"])
+            .arg(back.path()),
+    );
+    assert_eq!(out["downloaded"], 3, "{out}");
+    for (name, data) in &files {
+        assert_eq!(&fs::read(back.path().join(name)).unwrap(), data, "{name}");
+    }
+    // No partials are left behind after a verified download.
+    let leftovers: Vec<_> = fs::read_dir(back.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("ferry-part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The listing shows the hash of record the upload was verified against.
+    let listing = ok(srv.ferry("alice").args(["ls", "-l"]));
+    let small = Digest::of(HashAlgo::Blake3, &files[0].1).to_string();
+    assert!(listing.contains(&small), "{listing}");
+}
+
+#[test]
+fn recursive_put_and_get_copy_a_tree() {
+    let srv = Server::start(&["bob"]);
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("project");
+    let mut expected = Vec::new();
+    for i in 0..40u64 {
+        let rel = format!("d{}/sub{}/f{i}.dat", i % 3, i % 2);
+        let data = bytes(100 + i, (i as usize * 37) % 5000);
+        write(&tree.join(&rel), &data);
+        expected.push((rel, data));
+    }
+    fs::create_dir_all(tree.join("empty-dir")).unwrap();
+    let out = json(srv.ferry("bob").args(["put", "-r", "--json"]).arg(&tree));
+    assert_eq!(out["uploaded"], 40, "{out}");
+    assert!(srv.home("bob").join("project/empty-dir").is_dir());
+
+    let dst = tempfile::tempdir().unwrap();
+    let out = json(
+        srv.ferry("bob")
+            .args(["get", "-r", "--json", "project"])
+            .arg(dst.path()),
+    );
+    assert_eq!(out["downloaded"], 40, "{out}");
+    for (rel, data) in &expected {
+        assert_eq!(
+            &fs::read(dst.path().join("project").join(rel)).unwrap(),
+            data,
+            "{rel}"
+        );
+    }
+    assert!(dst.path().join("project/empty-dir").is_dir());
+}
+
+#[test]
+fn existing_files_are_not_replaced_without_force() {
+    let srv = Server::start(&["carol"]);
+    let local = tempfile::tempdir().unwrap();
+    let f = local.path().join("doc.txt");
+    write(&f, b"first");
+    ok(srv.ferry("carol").args(["put", "-q"]).arg(&f));
+    write(&f, b"second version");
+
+    let out = run(srv.ferry("carol").args(["put", "--json"]).arg(&f));
+    assert_eq!(out.status.code(), Some(5), "remote error exit code");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["files"][0]["code"], "already_exists", "{j}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        fs::read(srv.home("carol").join("doc.txt")).unwrap(),
+        b"first"
+    );
+
+    ok(srv.ferry("carol").args(["put", "-q", "--force"]).arg(&f));
+    assert_eq!(
+        fs::read(srv.home("carol").join("doc.txt")).unwrap(),
+        b"second version"
+    );
+
+    // Downloads do not clobber local files either.
+    let out = run(srv
+        .ferry("carol")
+        .args(["get", "-q", "doc.txt"])
+        .arg(local.path()));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(fs::read(&f).unwrap(), b"second version");
+}
+
+#[test]
+fn directory_commands_work_and_report_errors() {
+    let srv = Server::start(&["dave"]);
+    let home = srv.home("dave");
+    assert_eq!(ok(srv.ferry("dave").arg("pwd")).trim(), "/");
+    ok(srv.ferry("dave").args(["mkdir", "-p", "a/b/c"]));
+    assert!(home.join("a/b/c").is_dir());
+    write(&home.join("a/note.txt"), b"hello ferry");
+
+    let ls = json(srv.ferry("dave").args(["ls", "--json", "a"]));
+    let names: Vec<&str> = ls["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b", "note.txt"]);
+
+    // A file placed by other means is hashed on request, in the algorithm asked for.
+    let st = json(
+        srv.ferry("dave")
+            .args(["stat", "--json", "--algo", "md5", "a/note.txt"]),
+    );
+    assert_eq!(
+        st[0]["hash"],
+        Digest::of(HashAlgo::Md5, b"hello ferry").to_string(),
+        "{st}"
+    );
+    assert_eq!(st[0]["size"], 11);
+
+    ok(srv
+        .ferry("dave")
+        .args(["mv", "a/note.txt", "a/b/renamed.txt"]));
+    assert!(home.join("a/b/renamed.txt").is_file());
+    assert!(!home.join("a/note.txt").exists());
+
+    let out = run(srv.ferry("dave").args(["rm", "--json", "a"]));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("directory_not_empty"));
+    ok(srv.ferry("dave").args(["rm", "-r", "a"]));
+    assert!(!home.join("a").exists());
+
+    let out = run(srv.ferry("dave").args(["get", "--json", "missing.txt"]));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not_found"));
+
+    let out = run(srv.ferry("dave").args(["ls", "../../etc"]));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid_path"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn exit_codes_tell_auth_and_network_failures_apart() {
+    let srv = Server::start(&["erin"]);
+    let out = run(srv.ferry("erin").env("FERRY_PASSWORD", "wrong").arg("pwd"));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth_failed"));
+
+    // A port nothing listens on: bind one, then close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run(srv
+        .ferry_at(&format!("127.0.0.1:{port}"), "erin")
+        .arg("pwd"));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn interrupted_download_resumes_to_an_identical_file() {
+    let srv = Server::start(&["frank"]);
+    let data = bytes(7, 8 * 1024 * 1024);
+    // Placed by other means: the server hashes it on first request.
+    write(&srv.home("frank").join("big.bin"), &data);
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let dst = tempfile::tempdir().unwrap();
+    let partial = dst.path().join("big.bin.ferry-part");
+    let mut child = srv
+        .ferry_at(&proxy.addr.to_string(), "frank")
+        .args(["get", "-q", "big.bin"])
+        .arg(dst.path())
+        .spawn()
+        .unwrap();
+    wait_until(30, "a partial download", || {
+        fs::metadata(&partial).is_ok_and(|m| m.len() > 1024 * 1024)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let held = fs::metadata(&partial).unwrap().len();
+    assert!(
+        held < data.len() as u64,
+        "the kill came too late to test resume"
+    );
+    assert!(
+        !dst.path().join("big.bin").exists(),
+        "no final file before verification"
+    );
+
+    let out = json(
+        srv.ferry("frank")
+            .args(["get", "--json", "big.bin"])
+            .arg(dst.path()),
+    );
+    assert!(
+        out["files"][0]["resumed_from"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    assert_eq!(fs::read(dst.path().join("big.bin")).unwrap(), data);
+    assert!(!partial.exists());
+}
+
+#[test]
+fn interrupted_upload_resumes_to_an_identical_file() {
+    let srv = Server::start(&["grace"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("upload.bin");
+    let data = bytes(8, 8 * 1024 * 1024);
+    write(&file, &data);
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let mut child = srv
+        .ferry_at(&proxy.addr.to_string(), "grace")
+        .args(["put", "-q"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    wait_until(30, "part of the upload to pass", || {
+        proxy.upstream.load(Ordering::Relaxed) > 2 * 1024 * 1024
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(proxy);
+    assert!(
+        !srv.home("grace").join("upload.bin").exists(),
+        "a half-written upload must not be visible"
+    );
+    // Let the server notice the dropped connection and keep what arrived.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let out = json(srv.ferry("grace").args(["put", "--json"]).arg(&file));
+    assert_eq!(out["uploaded"], 1, "{out}");
+    assert!(
+        out["files"][0]["resumed_from"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    assert_eq!(
+        fs::read(srv.home("grace").join("upload.bin")).unwrap(),
+        data
+    );
+}
+
+#[test]
+fn shell_runs_a_scripted_session() {
+    let srv = Server::start(&["heidi"]);
+    let work = tempfile::tempdir().unwrap();
+    write(&work.path().join("local.txt"), b"from the shell");
+    let mut child = srv
+        .ferry("heidi")
+        .args(["shell", "-q"])
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(
+            stdin,
+            "mkdir docs\ncd docs\npwd\nput local.txt\nls -l\nmv local.txt 'renamed file.txt'\n\
+             lcd ..\nbogus\nstat 'renamed file.txt' md5\nquit"
+        )
+        .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("/docs"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("local.txt"), "{stdout}");
+    assert!(
+        stdout.contains(&Digest::of(HashAlgo::Md5, b"from the shell").to_string()),
+        "{stdout}"
+    );
+    assert!(stderr.contains("unknown command"), "{stderr}");
+    assert_eq!(
+        fs::read(srv.home("heidi").join("docs/renamed file.txt")).unwrap(),
+        b"from the shell"
+    );
+}
+
+#[test]
+fn many_clients_at_once_each_verify_their_own_files() {
+    let srv = Server::start(&["ivan", "judy"]);
+    let src = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    for i in 0..20u64 {
+        let user = if i % 2 == 0 { "ivan" } else { "judy" };
+        let f = src.path().join(format!("c{i}.bin"));
+        write(&f, &bytes(500 + i, 200_000 + i as usize));
+        children.push((
+            i,
+            user,
+            srv.ferry(user).args(["put", "-q"]).arg(&f).spawn().unwrap(),
+        ));
+    }
+    for (i, user, mut c) in children {
+        assert!(c.wait().unwrap().success(), "client {i}");
+        assert_eq!(
+            fs::read(srv.home(user).join(format!("c{i}.bin"))).unwrap(),
+            bytes(500 + i, 200_000 + i as usize)
+        );
+    }
+    // Each user sees only their own files.
+    let ivan = ok(srv.ferry("ivan").arg("ls"));
+    assert!(
+        ivan.contains("c0.bin") && !ivan.contains("c1.bin"),
+        "{ivan}"
+    );
+}

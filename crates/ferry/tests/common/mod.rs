@@ -1,0 +1,255 @@
+//! Shared harness for the end-to-end tests: a real `ferry serve` on a temporary data root and
+//! port 0, users made with the real `ferry user add`, and the real client binary run against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// A running server, killed on drop.
+pub struct Server {
+    pub root: tempfile::TempDir,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    /// Starts a server on a fresh root with the given users (password = "pw-" + name).
+    pub fn start(users: &[&str]) -> Server {
+        Self::start_with(users, &[])
+    }
+
+    pub fn start_with(users: &[&str], extra: &[&str]) -> Server {
+        let root = tempfile::tempdir().expect("temp root");
+        for u in users {
+            add_user(root.path(), u, &[]);
+        }
+        Self::start_on(root, extra)
+    }
+
+    pub fn start_on(root: tempfile::TempDir, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--root"])
+            .arg(root.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning ferry serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = line.strip_prefix("ferry listening on ") {
+                        let _ = tx.send(addr.trim().to_owned());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server printed its address")
+            .parse()
+            .expect("address parses");
+        Server { root, addr, child }
+    }
+
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.root.path().join("homes").join(user)
+    }
+
+    /// A client command as `user`, with the password in the environment as scripts do.
+    pub fn ferry(&self, user: &str) -> Command {
+        self.ferry_at(&self.addr.to_string(), user)
+    }
+
+    pub fn ferry_at(&self, addr: &str, user: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("FERRY_SERVER", addr)
+            .env("FERRY_USER", user)
+            .env("FERRY_PASSWORD", format!("pw-{user}"))
+            .env("FERRY_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn add_user(root: &Path, name: &str, extra: &[&str]) {
+    let mut child = Command::new(BIN)
+        .args(["user", "add", name, "--password-stdin", "--root"])
+        .arg(root)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning ferry user add");
+    writeln!(child.stdin.take().unwrap(), "pw-{name}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "user add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a command with a deadline, returning its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "command timed out: {cmd:?}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn json(cmd: &mut Command) -> serde_json::Value {
+    let out = run(cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{cmd:?}: stdout is not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Deterministic pseudo-random bytes, so every file's content differs.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A loopback TCP relay that forwards at most `rate` bytes per 10 ms in each direction, so a
+/// transfer through it is slow enough to interrupt. Stops when dropped.
+pub struct SlowProxy {
+    pub addr: SocketAddr,
+    /// Bytes forwarded from clients to the server so far.
+    pub upstream: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SlowProxy {
+    pub fn start(target: SocketAddr, rate: usize) -> SlowProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let upstream = Arc::new(AtomicU64::new(0));
+        let up2 = upstream.clone();
+        thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let server = TcpStream::connect(target).unwrap();
+                        for (mut from, mut to, count) in [
+                            (
+                                client.try_clone().unwrap(),
+                                server.try_clone().unwrap(),
+                                Some(up2.clone()),
+                            ),
+                            (server, client, None),
+                        ] {
+                            let stop3 = stop2.clone();
+                            thread::spawn(move || {
+                                let mut buf = vec![0u8; rate];
+                                while !stop3.load(Ordering::Relaxed) {
+                                    match from.read(&mut buf) {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => {
+                                            if to.write_all(&buf[..n]).is_err() {
+                                                break;
+                                            }
+                                            if let Some(c) = &count {
+                                                c.fetch_add(n as u64, Ordering::Relaxed);
+                                            }
+                                        }
+                                    }
+                                    thread::sleep(Duration::from_millis(10));
+                                }
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SlowProxy {
+            addr,
+            upstream,
+            stop,
+        }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `cond` holds, or panics after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
