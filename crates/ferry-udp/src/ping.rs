@@ -206,6 +206,27 @@ where
                 interrupted = true;
                 break;
             }
+            // Sending comes before receiving so probes leave on schedule even while datagrams
+            // keep arriving (a flood of junk cannot stall the run).
+            () = next_tick(&mut ticker), if !all_sent => {
+                let seq = sent_ns.len() as u64 + 1;
+                // Nanoseconds since start fit u64 for 584 years. Taken right before encoding,
+                // which costs the same tiny time whatever the size (see `Encoder`).
+                let ns = start.elapsed().as_nanos() as u64;
+                let datagram = encoder.encode(&Probe { session: config.session, seq, sent_ns: ns });
+                sent_ns.push(ns);
+                answered.push(false);
+                unanswered += 1;
+                events.push(Event::Sent { seq, at: Duration::from_nanos(ns) });
+                // A failed send is an unanswered probe: reported as lost, like ping does.
+                if let Err(err) = socket.send_to(datagram, target).await {
+                    tracing::warn!(seq, error = %err, "sending probe failed");
+                }
+                observe(Observation::Sent { seq });
+                if seq >= config.count {
+                    deadline = Some(Instant::now() + config.timeout);
+                }
+            }
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, from)) => {
                     let at = start.elapsed();
@@ -247,25 +268,6 @@ where
                 }
                 Err(err) => return Err(PingError::Receive(err)),
             },
-            () = next_tick(&mut ticker), if !all_sent => {
-                let seq = sent_ns.len() as u64 + 1;
-                // Nanoseconds since start fit u64 for 584 years. Taken right before encoding,
-                // which costs the same tiny time whatever the size (see `Encoder`).
-                let ns = start.elapsed().as_nanos() as u64;
-                let datagram = encoder.encode(&Probe { session: config.session, seq, sent_ns: ns });
-                sent_ns.push(ns);
-                answered.push(false);
-                unanswered += 1;
-                events.push(Event::Sent { seq, at: Duration::from_nanos(ns) });
-                // A failed send is an unanswered probe: reported as lost, like ping does.
-                if let Err(err) = socket.send_to(datagram, target).await {
-                    tracing::warn!(seq, error = %err, "sending probe failed");
-                }
-                observe(Observation::Sent { seq });
-                if seq >= config.count {
-                    deadline = Some(Instant::now() + config.timeout);
-                }
-            }
             () = tokio::time::sleep_until(wait_until), if deadline.is_some() => break,
         }
     }
@@ -281,7 +283,8 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
         Some(t) => {
             t.tick().await;
         }
-        // Back to back, but still let the receive branch run between sends.
+        // Back to back, but `yield_now` is pending on its first poll, so the receive branch
+        // gets a turn between sends.
         None => tokio::task::yield_now().await,
     }
 }
