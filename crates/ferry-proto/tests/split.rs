@@ -53,16 +53,12 @@ fn req(id: u64, r: Request) -> Sent {
     Sent::Request(RequestFrame::new(id, r), Vec::new())
 }
 
-/// Requests and replies, with bodies of 1 and 2 bytes and without: small enough to try
+/// A request and a reply with bodies of 1 and 2 bytes, and a request without one: small enough to try
 /// every pair of cut points.
 fn small_stream() -> Vec<Sent> {
     vec![
         put_with(HashAlgo::Md5, 2, "/a", b"x"),
         get_reply_with(HashAlgo::Md5, 3, "/b", b"hey", 1),
-        Sent::Reply(
-            ReplyFrame::err(4, WireError::new(ErrorCode::NotFound, "no")),
-            Vec::new(),
-        ),
         req(5, Request::Quit),
     ]
 }
@@ -102,7 +98,7 @@ fn big_stream() -> Vec<Sent> {
                 algo: None,
             },
         ),
-        get_reply(4, "/big.bin", &file, 0),
+        get_reply(4, "/big.bin", &file, 1000),
         get_reply(5, "/big.bin", &file, 4999),
         req(6, Request::Pwd),
         Sent::Reply(
@@ -150,7 +146,7 @@ fn every_single_cut_point() {
 fn every_pair_of_cut_points() {
     let sent = small_stream();
     let bytes = encode_all(&sent);
-    assert!(bytes.len() < 340, "keep this stream small: {}", bytes.len());
+    assert!(bytes.len() < 280, "keep this stream small: {}", bytes.len());
     let whole = reference(&sent, &bytes);
     for i in 0..=bytes.len() {
         for j in i..=bytes.len() {
@@ -284,7 +280,7 @@ fn consume_body_past_the_body_is_a_driver_bug() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Any typed request or reply survives encode → decode unchanged.
     #[test]
