@@ -29,7 +29,7 @@ fn partials(srv: &TestServer, user: &str) -> Vec<std::path::PathBuf> {
 async fn put_get_roundtrip_and_errors() {
     let srv = TestServer::start().await;
     let mut c = srv.login("alice").await;
-    let big = data(1, 3 * 1024 * 1024 + 17);
+    let big = data(1, 5 * 1024 * 1024 + 17); // over SPLIT_HASH_AT: hashed on its own thread
     match c.put("/big.bin", &big).await.unwrap() {
         Reply::Put { path, size, hash } => {
             assert_eq!(path, "/big.bin");
@@ -165,7 +165,7 @@ async fn put_get_roundtrip_and_errors() {
 async fn checksum_mismatch_leaves_nothing() {
     let srv = TestServer::start().await;
     let mut c = srv.login("alice").await;
-    let body = data(2, 500_000);
+    let body = data(2, 5_000_000);
     let mut wrong = put_req("/bad.bin", &body, 0);
     if let Request::Put { hash, .. } = &mut wrong {
         *hash = blake3(b"something else");

@@ -36,6 +36,9 @@ use crate::session::{Session, UploadGuard, partial_name};
 /// Chunks in flight between the socket and the writer (each up to the socket buffer size).
 const CHANNEL_DEPTH: usize = 16;
 
+/// Bodies at least this large are hashed on a thread of their own, beside the writer.
+const SPLIT_HASH_AT: u64 = 4 << 20;
+
 #[derive(Debug)]
 pub struct PutArgs {
     pub path: String,
@@ -204,6 +207,42 @@ fn write_partial(
         }
     }
     drop(buf);
+    if size - offset >= SPLIT_HASH_AT {
+        // Large body: hash on its own thread so hashing and writing overlap (measured ~1.5x
+        // faster on loopback for 256 MiB; see the bench example). A plain thread, not the
+        // blocking pool: the writer waits for it, and a pool full of writers must not be able
+        // to starve the hashers they wait for.
+        let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(CHANNEL_DEPTH);
+        let hasher = std::thread::Builder::new()
+            .name("ferry-hash".into())
+            .spawn(move || {
+                for chunk in hrx {
+                    for h in &mut hashers {
+                        h.update(&chunk);
+                    }
+                }
+                hashers
+            });
+        let hasher = match hasher {
+            Ok(h) => h,
+            Err(e) => return Written::Failed(e),
+        };
+        while let Some(chunk) = rx.blocking_recv() {
+            let _ = htx.send(chunk.clone());
+            if let Err(e) = file.write_all_at(&chunk, pos) {
+                return Written::Failed(e);
+            }
+            pos += chunk.len() as u64;
+        }
+        drop(htx);
+        let Ok(hashers) = hasher.join() else {
+            return Written::Failed(io::Error::other("hash thread panicked"));
+        };
+        if pos != size {
+            return Written::Interrupted(pos - offset);
+        }
+        return Written::Complete(file, hashers.into_iter().map(Hasher::finalize).collect());
+    }
     while let Some(chunk) = rx.blocking_recv() {
         for h in &mut hashers {
             h.update(&chunk);
@@ -226,6 +265,7 @@ async fn transfer(
     p: Prepared,
 ) -> Result<Result<Reply, OpError>, ConnError> {
     let user = s.user().expect("put runs logged in");
+    let started = std::time::Instant::now();
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (offset, size, algo) = (a.offset, a.size, a.hash.algo());
     let writer = tokio::task::spawn_blocking(move || write_partial(p.file, offset, size, algo, rx));
@@ -290,6 +330,7 @@ async fn transfer(
             ),
         )));
     }
+    let body_done = started.elapsed();
     let home = Arc::clone(&user.home);
     let partials = Arc::clone(&user.partials);
     let shared = Arc::clone(&s.shared);
@@ -329,6 +370,13 @@ async fn transfer(
     .await;
     match placed {
         Ok(replaced) => {
+            tracing::debug!(
+                user = %user.name,
+                path = %p.target.display(),
+                size = a.size,
+                "put: body received, hashed and written in {body_done:?}; fsync + rename in {:?}",
+                started.elapsed() - body_done
+            );
             let reserved_files = p.reservation.files() as i64;
             p.reservation.commit();
             let (bytes, files) = match replaced {
