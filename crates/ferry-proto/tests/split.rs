@@ -81,7 +81,7 @@ fn big_stream() -> Vec<Sent> {
                 Reply::Hello {
                     version: 1,
                     features: vec!["pipelining".into()],
-                    server: "ferry 0.1.0".into(),
+                    server: "ferry/0.1.0".into(),
                     peer: "127.0.0.1:50000".into(),
                     max_header: 65536,
                 },

@@ -62,7 +62,7 @@ fn vectors() -> Vec<(&'static str, Sent)> {
                     Reply::Hello {
                         version: 1,
                         features: vec!["pipelining".into(), "resume".into()],
-                        server: "ferry 0.1.0".into(),
+                        server: "ferry/0.1.0".into(),
                         peer: "127.0.0.1:50312".into(),
                         max_header: 65536,
                     },
