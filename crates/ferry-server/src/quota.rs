@@ -145,8 +145,14 @@ impl QuotaBook {
             .clone()
     }
 
-    pub fn forget(&self, user: &str) {
-        self.users.lock().unwrap().remove(user);
+    /// Drops the user's accountant if no session holds it, so the next login measures the
+    /// disk again and picks up changes made while the user was away (files placed or removed
+    /// by hand, `ferry user del --purge` and re-add).
+    pub fn forget_if_unused(&self, user: &str) {
+        let mut users = self.users.lock().unwrap();
+        if users.get(user).is_some_and(|u| Arc::strong_count(u) == 1) {
+            users.remove(user);
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Shared {
     /// Uploads in progress: who writes which path, and which partials are in use (the
     /// sweeper leaves those alone).
     pub uploads: Mutex<Uploads>,
+    /// Password checks running at once (each argon2id check needs ~19 MiB and a core).
+    pub login_permits: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +49,9 @@ impl Shared {
             hashes: HashStore::new(root.clone()),
             quota: QuotaBook::default(),
             uploads: Mutex::new(Uploads::default()),
+            login_permits: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            ),
             config,
             root,
         }

@@ -487,3 +487,25 @@ async fn abandoned_partials_are_swept_and_release_quota() {
     let _ = DataRoot::new(&srv.root);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_measured_again_after_the_user_was_away() {
+    let srv = TestServer::start().await;
+    add_user(&srv.data_root(), "gina", "gina-pw", 10_000, 100);
+    {
+        let mut c = srv.login("gina").await;
+        c.put("/a", &data(1, 6000)).await.unwrap();
+        c.call(Request::Quit).await.unwrap();
+        c.expect_closed().await;
+    }
+    // Placed by hand while no session was open: counted at the next login.
+    std::fs::write(srv.home("gina").join("by-hand"), data(2, 3000)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = srv.login("gina").await;
+    assert_eq!(
+        c.put("/b", &data(3, 2000)).await.unwrap_err().code,
+        ErrorCode::QuotaExceeded
+    );
+    c.put("/b", &data(3, 1000)).await.unwrap();
+    srv.stop().await;
+}

@@ -19,6 +19,14 @@ const FAIL_DELAY: Duration = Duration::from_millis(200);
 pub async fn run(s: &mut Session, name: String, password: String) -> Result<Reply, OpError> {
     let shared = Arc::clone(&s.shared);
     let n = name.clone();
+    // argon2id takes ~19 MiB and real CPU per check: bound how many run at once so a flood
+    // of logins cannot exhaust memory or starve the transfers.
+    let permit = s
+        .shared
+        .login_permits
+        .acquire()
+        .await
+        .map_err(|_| OpError::Internal("login semaphore closed".into()))?;
     let ok = blocking(move || {
         let record = validate_name(&n).ok().and_then(|()| shared.users.get(&n));
         Ok(match record {
@@ -30,6 +38,7 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
         })
     })
     .await?;
+    drop(permit);
     if !ok {
         tokio::time::sleep(FAIL_DELAY).await;
         return Err(OpError::new(
@@ -47,6 +56,7 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
         let partials =
             cap_std::fs::Dir::open_ambient_dir(root.partials_dir(&n), cap_std::ambient_authority())
                 .map_err(internal)?;
+        shared.quota.forget_if_unused(&n);
         let usage = match shared.quota.get(&n) {
             Some(u) => u,
             None => {
