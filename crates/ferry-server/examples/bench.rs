@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use ferry_proto::{Digest, FrameDecoder, FrameEvent, HashAlgo, ReplyFrame, Request, RequestFrame};
 use ferry_server::{DataRoot, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 async fn reply(s: &mut TcpStream, buf: &mut BytesMut, dec: &mut FrameDecoder) -> (ReplyFrame, u64) {
     let mut header = None;
@@ -40,6 +40,74 @@ async fn reply(s: &mut TcpStream, buf: &mut BytesMut, dec: &mut FrameDecoder) ->
     }
 }
 
+/// One client: log in, upload `size` bytes, download them again, check them.
+async fn one_client(addr: std::net::SocketAddr, i: usize, size: usize) {
+    let body: Vec<u8> = (0..size).map(|j| (i * 31 + j * 7) as u8).collect();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut dec = FrameDecoder::new(u32::MAX);
+    let mut out = BytesMut::new();
+    let reqs = [
+        (
+            Request::Hello {
+                version: 1,
+                features: vec![],
+                client: None,
+            },
+            0,
+        ),
+        (
+            Request::Login {
+                user: "bench".into(),
+                password: "pw".into(),
+            },
+            0,
+        ),
+        (
+            Request::Put {
+                path: format!("/many/c{i}"),
+                size: size as u64,
+                hash: Digest::of(HashAlgo::Blake3, &body),
+                offset: 0,
+                overwrite: true,
+                mtime: None,
+            },
+            size as u64,
+        ),
+        (
+            Request::Get {
+                path: format!("/many/c{i}"),
+                offset: 0,
+                algo: None,
+            },
+            0,
+        ),
+    ];
+    // Pipelined: everything in one write.
+    for (n, (req, body_len)) in reqs.into_iter().enumerate() {
+        RequestFrame {
+            id: n as u64 + 1,
+            request: req,
+            body_len,
+        }
+        .encode(u32::MAX, &mut out)
+        .unwrap();
+        if body_len > 0 {
+            out.extend_from_slice(&body);
+        }
+    }
+    s.write_all(&out).await.unwrap();
+    for n in 0..4 {
+        let (f, got) = reply(&mut s, &mut buf, &mut dec).await;
+        assert_eq!(f.id, n + 1, "client {i}: {:?}", f.result);
+        f.result
+            .unwrap_or_else(|e| panic!("client {i} request {n}: {e}"));
+        if n == 3 {
+            assert_eq!(got, size as u64);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -61,18 +129,40 @@ async fn main() {
         ferry_server::users::hash_password_with("pw", argon2::Params::new(8, 1, 1, None).unwrap())
             .unwrap();
     ferry_server::users::add_hashed(&root, "bench", phc, u64::MAX, u64::MAX).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = ferry_server::server::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(ferry_server::run(
-        listener,
-        ServerConfig::new(root.path()),
-        std::future::pending(),
-    ));
+    let mut config = ServerConfig::new(root.path());
+    if let Some(n) = std::env::var("BENCH_IO_BUFFER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.io_buffer = n;
+    }
+    if std::env::var("BENCH_CLIENTS").is_ok() {
+        config.max_connections = 100_000;
+    }
+    tokio::spawn(ferry_server::run(listener, config, std::future::pending()));
 
     let body: Vec<u8> = (0..mib * (1 << 20))
         .map(|i| (i as u64).wrapping_mul(2654435761) as u8 ^ (i >> 12) as u8)
         .collect();
     let hash = Digest::of(HashAlgo::Blake3, &body);
+    if let Ok(n) = std::env::var("BENCH_CLIENTS") {
+        let n: usize = n.parse().unwrap();
+        std::fs::create_dir_all(root.home_dir("bench").join("many")).unwrap();
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|i| tokio::spawn(one_client(addr, i, 64 * 1024)))
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        println!(
+            "{n} concurrent clients, each login + put 64 KiB + get: {:.2?}",
+            t.elapsed()
+        );
+        return;
+    }
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     let mut buf = BytesMut::new();

@@ -582,3 +582,58 @@ async fn pipelined_requests_answer_in_order() {
     c.expect_closed().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_and_internal_codes() {
+    let srv = TestServer::start_with(|c| c.limits.max_file_size = 1000).await;
+    let mut c = srv.login("alice").await;
+    // A put over the maximum file size: too_large for that request, body skipped, session on.
+    let body = data(1, 2000);
+    let (r, _) = c
+        .call_body(
+            Request::Put {
+                path: "/big".into(),
+                size: body.len() as u64,
+                hash: blake3(&body),
+                offset: 0,
+                overwrite: false,
+                mtime: None,
+            },
+            &body,
+        )
+        .await;
+    assert_eq!(r.unwrap_err().code, ErrorCode::TooLarge);
+    c.expect_err(
+        Request::Resume {
+            path: "/big".into(),
+            size: 2000,
+            hash: blake3(&body),
+        },
+        ErrorCode::TooLarge,
+    )
+    .await;
+    // A listing whose reply header would exceed the 64 KiB limit: too_large, not a broken frame.
+    let dir = srv.home("alice").join("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..600 {
+        std::fs::write(dir.join(format!("{i:04}-{}", "n".repeat(150))), b"").unwrap();
+    }
+    c.expect_err(
+        Request::Ls {
+            path: Some("/many".into()),
+        },
+        ErrorCode::TooLarge,
+    )
+    .await;
+    // A server-side failure: internal, with nothing about the server's paths in the message.
+    std::fs::remove_dir_all(srv.data_root().partials_dir("alice")).unwrap();
+    let e = c.put("/x", b"data").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal);
+    assert!(
+        !e.message.contains(srv.root.to_str().unwrap()),
+        "{}",
+        e.message
+    );
+    assert!(c.call(Request::Pwd).await.is_ok());
+    srv.stop().await;
+}

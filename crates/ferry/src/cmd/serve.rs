@@ -71,6 +71,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             root = args.root.display()
         );
     }
+    match ferry_server::server::raise_fd_limit() {
+        Ok(n) if (n as usize) < args.max_connections + 64 => tracing::warn!(
+            "open-file limit {n} is below --max-connections {}; connections may fail",
+            args.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let mut config = ServerConfig::new(&args.root);
     config.max_connections = args.max_connections.max(1);
     config.idle_timeout = args.idle_timeout;
@@ -85,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let rt = rt.build().context("cannot start the async runtime")?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = ferry_server::server::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
