@@ -165,7 +165,7 @@ pub fn sweep_partials(shared: &Shared) -> io::Result<usize> {
 
 /// Raises the soft open-file limit to the hard limit (thousands of connections each need a
 /// socket, and transfers a file or two). Returns the new soft limit.
-pub fn raise_fd_limit() -> io::Result<u64> {
+pub fn raise_fd_limit() -> io::Result<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -181,7 +181,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Listen backlog for [`bind`]: bursts of thousands of connects must not overflow the accept
