@@ -219,6 +219,17 @@ async fn symlink_escapes_are_denied() {
     assert_eq!(kind("esc_dir"), ferry_proto::EntryKind::Symlink);
     // A symlink that stays inside works.
     assert_eq!(c.get("/inner/ok.txt").await.unwrap().1, b"fine");
+    // A recursive rm of a directory holding escaping links removes the links, not their targets.
+    std::fs::create_dir(home.join("trap")).unwrap();
+    symlink(&outside, home.join("trap/out")).unwrap();
+    symlink(outside.join("secret"), home.join("trap/secret")).unwrap();
+    c.call(Request::Rm {
+        path: "/trap".into(),
+        recursive: true,
+    })
+    .await
+    .unwrap();
+    assert!(!home.join("trap").exists());
     // Overwriting or removing a link replaces or removes the link itself, never its target.
     c.put_opts("/esc_file", b"replaced the link", true)
         .await
