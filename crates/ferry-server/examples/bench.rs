@@ -147,6 +147,52 @@ async fn main() {
         .map(|i| (i as u64).wrapping_mul(2654435761) as u8 ^ (i >> 12) as u8)
         .collect();
     let hash = Digest::of(HashAlgo::Blake3, &body);
+    if let Ok(n) = std::env::var("BENCH_IDLE") {
+        // Memory of N logged-in idle connections (server and client share the process, so
+        // this is an upper bound for the server).
+        let n: usize = n.parse().unwrap();
+        let rss = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .unwrap()
+                .to_owned()
+        };
+        let before = rss();
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut buf = BytesMut::new();
+            let mut dec = FrameDecoder::new(u32::MAX);
+            let mut out = BytesMut::new();
+            RequestFrame::new(
+                1,
+                Request::Hello {
+                    version: 1,
+                    features: vec![],
+                    client: None,
+                },
+            )
+            .encode(u32::MAX, &mut out)
+            .unwrap();
+            RequestFrame::new(
+                2,
+                Request::Login {
+                    user: "bench".into(),
+                    password: "pw".into(),
+                },
+            )
+            .encode(u32::MAX, &mut out)
+            .unwrap();
+            s.write_all(&out).await.unwrap();
+            reply(&mut s, &mut buf, &mut dec).await.0.result.unwrap();
+            reply(&mut s, &mut buf, &mut dec).await.0.result.unwrap();
+            conns.push(s);
+        }
+        println!("{n} idle logged-in connections: {before} -> {}", rss());
+        return;
+    }
     if let Ok(n) = std::env::var("BENCH_CLIENTS") {
         let n: usize = n.parse().unwrap();
         std::fs::create_dir_all(root.home_dir("bench").join("many")).unwrap();

@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+/// Read buffer between frames (headers; the decoder reserves more for a long header).
+const SMALL_BUFFER: usize = 8 * 1024;
+
 /// Why a connection cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -58,7 +61,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         Conn {
             stream,
-            rbuf: BytesMut::with_capacity(io_buffer),
+            rbuf: BytesMut::with_capacity(SMALL_BUFFER),
             wbuf: BytesMut::with_capacity(4096),
             decoder: FrameDecoder::new(max_header),
             idle_timeout,
@@ -78,8 +81,15 @@ impl Conn {
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
-        if self.rbuf.capacity() - self.rbuf.len() < self.io_buffer / 4 {
-            self.rbuf.reserve(self.io_buffer);
+        // Large reads only inside a body; between frames a small buffer is enough, so
+        // thousands of idle connections cost little memory.
+        let want = if self.decoder.body_remaining() > 0 {
+            self.io_buffer
+        } else {
+            SMALL_BUFFER
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < want / 4 {
+            self.rbuf.reserve(want);
         }
         self.stream.read_buf(&mut self.rbuf).await
     }
@@ -103,6 +113,10 @@ impl Conn {
             }
             self.flush().await?;
             let n = if self.rbuf.is_empty() && self.decoder.at_frame_boundary() {
+                if self.rbuf.capacity() > 4 * SMALL_BUFFER {
+                    // Give back a body-sized buffer before waiting idle.
+                    self.rbuf = BytesMut::new();
+                }
                 let idle = self.idle_timeout;
                 tokio::select! {
                     biased;
