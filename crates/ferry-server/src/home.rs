@@ -179,17 +179,13 @@ pub fn kind_of(meta: &Metadata) -> EntryKind {
     }
 }
 
-/// An [`Entry`] for metadata; sizes of non-files are reported as 0.
+/// An [`Entry`] for metadata. `size` is what the file system says for every kind (a
+/// directory's own size, e.g. 4096, as in the protocol's example).
 pub fn entry_of(name: String, meta: &Metadata, hash: Option<ferry_proto::Digest>) -> Entry {
-    let kind = kind_of(meta);
     Entry {
         name,
-        kind,
-        size: if kind == EntryKind::File {
-            meta.size()
-        } else {
-            0
-        },
+        kind: kind_of(meta),
+        size: meta.size(),
         mtime: meta.mtime(),
         hash,
     }

@@ -40,6 +40,7 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
     .await?;
     drop(permit);
     if !ok {
+        tracing::info!(peer = %s.peer, user = %name, "login failed");
         tokio::time::sleep(FAIL_DELAY).await;
         return Err(OpError::new(
             ErrorCode::AuthFailed,
@@ -73,6 +74,7 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
         })
     })
     .await?;
+    tracing::info!(peer = %s.peer, user = %name, "logged in");
     s.login(user);
     s.cwd = VPath::root();
     Ok(Reply::Login {
