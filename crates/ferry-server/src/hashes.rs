@@ -136,6 +136,13 @@ impl HashStore {
         mem.insert((user.to_owned(), stamp.ino), rec);
     }
 
+    /// Drops the record of an inode whose file was removed or replaced (so records do not
+    /// pile up for files long gone). Harmless if there is none.
+    pub fn forget(&self, user: &str, ino: u64) {
+        self.mem.lock().unwrap().remove(&(user.to_owned(), ino));
+        let _ = fs::remove_file(self.path(user, ino));
+    }
+
     fn store(&self, user: &str, ino: u64, rec: &Record) -> io::Result<()> {
         let dest = self.path(user, ino);
         let tmp = self.root.tmp_dir().join(format!(

@@ -509,3 +509,36 @@ async fn usage_is_measured_again_after_the_user_was_away() {
     c.put("/b", &data(3, 1000)).await.unwrap();
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_records_go_with_their_files() {
+    let srv = TestServer::start().await;
+    let records = || {
+        std::fs::read_dir(srv.data_root().hashes_dir("alice"))
+            .unwrap()
+            .count()
+    };
+    let mut c = srv.login("alice").await;
+    c.mkdir("/d").await;
+    c.put("/d/a", b"a").await.unwrap();
+    c.put("/d/b", b"b").await.unwrap();
+    c.put("/c", b"c").await.unwrap();
+    assert_eq!(records(), 3);
+    c.put_opts("/c", b"c2", true).await.unwrap(); // the replaced file's record goes
+    assert_eq!(records(), 3);
+    c.call(Request::Rm {
+        path: "/c".into(),
+        recursive: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(records(), 2);
+    c.call(Request::Rm {
+        path: "/d".into(),
+        recursive: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(records(), 0);
+    srv.stop().await;
+}

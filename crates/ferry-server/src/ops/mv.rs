@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cap_std::fs::MetadataExt;
 use ferry_proto::{ErrorCode, Reply};
 
 use super::{OpError, blocking};
@@ -37,6 +38,8 @@ pub async fn run(s: &Session, from: &str, to: &str, overwrite: bool) -> Result<R
     let user = s.user()?;
     let home = Arc::clone(&user.home);
     let usage = Arc::clone(&user.usage);
+    let shared = Arc::clone(&s.shared);
+    let name = user.name.clone();
     let (a, b) = (src.clone(), dst.clone());
     blocking(move || {
         let src_parent = a.parent().expect("not root");
@@ -61,6 +64,9 @@ pub async fn run(s: &Session, from: &str, to: &str, overwrite: bool) -> Result<R
         rename_at(&sdir, name_a, &ddir, name_b, !overwrite).map_err(|e| OpError::io(&b, e))?;
         if let Some(old) = replaced {
             usage.adjust(-(old.len() as i64), -1);
+            if old.nlink() == 1 {
+                shared.hashes.forget(&name, old.ino());
+            }
         }
         Ok(())
     })

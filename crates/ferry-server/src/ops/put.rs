@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cap_std::fs::OpenOptions;
+use cap_std::fs::{MetadataExt, OpenOptions};
 use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply};
 use tokio::sync::mpsc;
 
@@ -364,6 +364,9 @@ async fn transfer(
         // SAFETY: fsync on a directory fd we hold open.
         unsafe { libc::fsync(pdir.as_raw_fd()) };
         let stamp = FileStamp::of(&file.metadata().map_err(internal)?);
+        if let Some(old) = old.as_ref().filter(|m| m.is_file() && m.nlink() == 1) {
+            shared.hashes.forget(&name, old.ino());
+        }
         shared.hashes.record(&name, &stamp, &digests);
         Ok(old.filter(|m| m.is_file()).map(|m| m.len()))
     })

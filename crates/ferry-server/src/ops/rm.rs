@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
-use cap_std::fs::Dir;
+use cap_std::fs::{Dir, MetadataExt};
 use ferry_proto::{ErrorCode, Reply};
 
 use super::{OpError, blocking};
@@ -22,6 +22,8 @@ pub async fn run(s: &Session, path: &str, recursive: bool) -> Result<Reply, OpEr
     let user = s.user()?;
     let home = Arc::clone(&user.home);
     let usage = Arc::clone(&user.usage);
+    let shared = Arc::clone(&s.shared);
+    let name = user.name.clone();
     let t = target.clone();
     blocking(move || {
         let io = |e| OpError::io(&t, e);
@@ -29,11 +31,15 @@ pub async fn run(s: &Session, path: &str, recursive: bool) -> Result<Reply, OpEr
         if meta.is_dir() {
             if recursive {
                 let mut freed = Usage::default();
+                let mut gone = Vec::new();
                 let sub = home.dir().open_dir(t.rel()).map_err(io)?;
-                measure(&sub, &mut freed).map_err(io)?;
+                measure(&sub, &mut freed, &mut gone).map_err(io)?;
                 drop(sub);
                 home.dir().remove_dir_all(t.rel()).map_err(io)?;
                 usage.adjust(-(freed.bytes as i64), -(freed.files as i64));
+                for ino in gone {
+                    shared.hashes.forget(&name, ino);
+                }
             } else {
                 home.dir().remove_dir(t.rel()).map_err(io)?;
             }
@@ -41,6 +47,9 @@ pub async fn run(s: &Session, path: &str, recursive: bool) -> Result<Reply, OpEr
             home.dir().remove_file(t.rel()).map_err(io)?;
             if meta.is_file() {
                 usage.adjust(-(meta.len() as i64), -1);
+                if meta.nlink() == 1 {
+                    shared.hashes.forget(&name, meta.ino());
+                }
             }
         }
         Ok(())
@@ -51,16 +60,21 @@ pub async fn run(s: &Session, path: &str, recursive: bool) -> Result<Reply, OpEr
     })
 }
 
-/// Regular files below `dir` (symlinks not followed), through the capability handle.
-pub fn measure(dir: &Dir, usage: &mut Usage) -> io::Result<()> {
+/// Regular files below `dir` (symlinks not followed), through the capability handle; the
+/// inodes of those with a single link go to `inodes` (their hash records can go with them).
+pub fn measure(dir: &Dir, usage: &mut Usage, inodes: &mut Vec<u64>) -> io::Result<()> {
     for entry in dir.entries()? {
         let entry = entry?;
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            measure(&entry.open_dir()?, usage)?;
+            measure(&entry.open_dir()?, usage, inodes)?;
         } else if ft.is_file() {
-            usage.bytes += entry.metadata()?.len();
+            let m = entry.metadata()?;
+            usage.bytes += m.len();
             usage.files += 1;
+            if m.nlink() == 1 {
+                inodes.push(m.ino());
+            }
         }
     }
     Ok(())
