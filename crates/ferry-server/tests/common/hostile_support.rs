@@ -30,12 +30,7 @@ pub const HELLO: &[u8] = br#"{"id":1,"op":"hello","version":1,"features":["pipel
 /// what is below them): relative path → `dir`, `link:<target>` or `file:<mode>:<blake3>`.
 pub fn tree_hash(dir: &Path, skip: &[PathBuf]) -> BTreeMap<String, String> {
     use std::os::unix::fs::PermissionsExt;
-    fn walk(
-        base: &Path,
-        d: &Path,
-        skip: &[PathBuf],
-        out: &mut BTreeMap<String, String>,
-    ) {
+    fn walk(base: &Path, d: &Path, skip: &[PathBuf], out: &mut BTreeMap<String, String>) {
         let Ok(rd) = std::fs::read_dir(d) else { return };
         for e in rd.flatten() {
             let p = e.path();
@@ -168,7 +163,11 @@ impl Arena {
             .put(&path, &body)
             .await
             .expect("bystander put is served");
-        let (_, got) = self.carol.get(&path).await.expect("bystander get is served");
+        let (_, got) = self
+            .carol
+            .get(&path)
+            .await
+            .expect("bystander get is served");
         assert!(got == body, "bystander got her file back intact");
     }
 
