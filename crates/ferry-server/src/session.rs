@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
-use ferry_proto::{Digest, ErrorCode, ReplyFrame, Request, RequestFrame, WireError};
+use ferry_proto::{Digest, ErrorCode, ProtoError, ReplyFrame, Request, RequestFrame, WireError};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -269,6 +269,11 @@ pub async fn serve_connection(
     let mut session = Session::new(Arc::clone(&shared), peer);
     let fail = |conn: &mut Conn, e: ConnError| -> bool {
         match e {
+            // The peer is gone: nobody to tell (PROTOCOL.md §9).
+            ConnError::Proto(p @ ProtoError::Truncated(_)) => {
+                tracing::debug!(%peer, "{p}");
+                false
+            }
             ConnError::Proto(p) => {
                 tracing::debug!(%peer, "fatal frame error: {p}");
                 conn.queue_error(p.code(), p.to_string());
