@@ -77,12 +77,6 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
         return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
     }
     let user = s.user()?;
-    let limits = s
-        .shared
-        .users
-        .get(&user.name)
-        .map(|r| r.limits())
-        .ok_or_else(|| OpError::new(ErrorCode::PermissionDenied, "this user no longer exists"))?;
     let pname = partial_name(&user.name, &target, a.size, &a.hash);
     let guard = UploadGuard::acquire(&s.shared, &user.name, &target, &pname).ok_or_else(|| {
         OpError::new(
@@ -96,7 +90,13 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
     let home = Arc::clone(&user.home);
     let partials = Arc::clone(&user.partials);
     let (t, pn, offset, overwrite) = (target.clone(), pname.clone(), a.offset, a.overwrite);
-    let (file, target_is_file, held) = blocking(move || {
+    let shared = Arc::clone(&s.shared);
+    let uname = user.name.clone();
+    let (file, target_is_file, held, limits) = blocking(move || {
+        // The users file is re-read if it changed, so quota edits apply to the next upload.
+        let limits = shared.users.get(&uname).map(|r| r.limits()).ok_or_else(|| {
+            OpError::new(ErrorCode::PermissionDenied, "this user no longer exists")
+        })?;
         let parent = t.parent().expect("not root");
         let pmeta = home
             .dir()
@@ -142,7 +142,7 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
         if held != offset {
             file.set_len(offset).map_err(internal)?;
         }
-        Ok((file, target_is_file, held))
+        Ok((file, target_is_file, held, limits))
     })
     .await?;
     // The partial shrank to `offset`: those bytes were counted while it was held.
