@@ -92,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.build().context("cannot start the async runtime")?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let listener = ferry_server::server::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -106,7 +106,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ferry_server::run(listener, config, shutdown_signal()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
-    })?;
+    });
+    // Blocking work still running (hashing a huge file for a client that is gone) must not
+    // hold the exit up.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
