@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""A ferry client that uses only Python's standard library: socket, struct, json, hashlib.
+"""A ferry client that uses only Python's standard library: socket, ssl, struct, json, hashlib.
 
 It speaks docs/PROTOCOL.md the way the course's client does: pack the header's length with
 struct, send the JSON header, then the body; read 4 bytes, unpack the length, read the header,
 then exactly the number of body bytes it declares. Files are verified with md5, which every
 Python has.
 
-    python3 ferry_client.py --server 127.0.0.1:9696 --user alice ls
-    python3 ferry_client.py --user alice put notes.txt
-    python3 ferry_client.py --user alice get notes.txt ./downloads
+    python3 ferry_client.py --fingerprint sha256:… --user alice ls
+    python3 ferry_client.py --cafile ferry-data/tls/cert.pem --user alice put notes.txt
+    python3 ferry_client.py --plain --user alice get notes.txt ./downloads
+
+ferry serves TLS unless started with --plain. Trust it either by the certificate fingerprint that
+`ferry serve` prints (--fingerprint), or by a CA file (--cafile; the server's own self-signed
+cert.pem works as one for the names it was made for: localhost, 127.0.0.1, ::1).
 
 The password comes from the FERRY_PASSWORD environment variable, or a prompt.
 """
@@ -19,6 +23,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import struct
 import sys
 
@@ -58,9 +63,34 @@ def recv_header(sock):
     return json.loads(recv_exact(sock, length).decode("utf-8"))
 
 
+def open_connection(host, port, plain=False, fingerprint=None, cafile=None):
+    """A TCP connection, wrapped in TLS unless plain; the server is authenticated either by a
+    CA file or by comparing its certificate's SHA-256 with the pinned fingerprint."""
+    sock = socket.create_connection((host, port))
+    if plain:
+        return sock
+    if cafile:
+        context = ssl.create_default_context(cafile=cafile)
+        return context.wrap_socket(sock, server_hostname=host)
+    if not fingerprint:
+        sock.close()
+        raise ValueError("TLS needs --fingerprint (ferry serve prints it) or --cafile; or --plain")
+    # The fingerprint check below replaces CA verification: a self-signed certificate is fine
+    # as long as it is exactly the one we pinned.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tls = context.wrap_socket(sock, server_hostname=host)
+    actual = "sha256:" + hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+    if actual != fingerprint.lower():
+        tls.close()
+        raise ConnectionError(f"certificate fingerprint {actual} is not the pinned {fingerprint}")
+    return tls
+
+
 class FerryClient:
-    def __init__(self, host, port):
-        self.sock = socket.create_connection((host, port))
+    def __init__(self, host, port, **tls_options):
+        self.sock = open_connection(host, port, **tls_options)
         self.next_id = 1
 
     def call(self, op, **fields):
@@ -139,13 +169,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default=os.environ.get("FERRY_SERVER", "127.0.0.1:9696"))
     parser.add_argument("--user", default=os.environ.get("FERRY_USER"), required=False)
+    parser.add_argument("--plain", action="store_true", help="plain TCP (server run with --plain)")
+    parser.add_argument("--fingerprint", help="the server certificate's sha256:… fingerprint")
+    parser.add_argument("--cafile", help="PEM file of the CA (or certificate) to trust")
     parser.add_argument("command", choices=["ls", "put", "get"])
     parser.add_argument("args", nargs="*")
     args = parser.parse_args()
 
     host, _, port = args.server.rpartition(":")
     password = os.environ.get("FERRY_PASSWORD") or getpass.getpass("password: ")
-    client = FerryClient(host.strip("[]"), int(port))
+    try:
+        client = FerryClient(host.strip("[]"), int(port), plain=args.plain,
+                             fingerprint=args.fingerprint, cafile=args.cafile)
+    except (ValueError, ConnectionError, ssl.SSLError) as e:
+        print(f"ferry_client.py: {e}", file=sys.stderr)
+        return 3
     hello = client.hello()
     print(f"connected to {hello['server']} as {hello['peer']}")
     client.login(args.user, password)

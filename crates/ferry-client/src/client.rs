@@ -5,8 +5,15 @@ use ferry_proto::{
 };
 use tokio::net::TcpStream;
 
-use crate::conn::{Connection, IO_CHUNK};
+use crate::conn::{Connection, IO_CHUNK, Stream};
 use crate::error::{ClientError, Result};
+use crate::tls::{self, TlsMode, Trust};
+
+/// How to connect.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub tls: TlsMode,
+}
 
 /// What the server said in its greeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,15 +31,49 @@ pub struct Client {
     pub(crate) conn: Connection,
     next_id: u64,
     hello: ServerHello,
+    trust: Option<Trust>,
     pub(crate) scratch: Vec<u8>,
 }
 
 impl Client {
-    /// Connects and exchanges greetings.
-    pub async fn connect(addr: &str) -> Result<Self> {
-        let stream = TcpStream::connect(addr)
+    /// Connects (over TLS unless told otherwise) and exchanges greetings.
+    pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Self> {
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| ClientError::io(format!("connecting to {addr}"), e))?;
+        let (stream, trust) = match &opts.tls {
+            TlsMode::Plain => (Stream::Plain(tcp), None),
+            TlsMode::Tls { ca, known_hosts } => {
+                let prepared = tls::prepare(ca.as_deref(), known_hosts, addr)?;
+                let connector = tokio_rustls::TlsConnector::from(prepared.config);
+                let name = tls::server_name(addr)?;
+                match connector.connect(name, tcp).await {
+                    Ok(s) => {
+                        let trust = prepared.verifier.as_ref().and_then(|v| v.decision());
+                        if let (Some(v), Some(Trust::FirstUse(fp))) = (&prepared.verifier, &trust) {
+                            v.remember(fp)?;
+                        }
+                        (Stream::Tls(Box::new(s)), trust.or(Some(Trust::Verified)))
+                    }
+                    Err(e) => {
+                        if let Some(v) = &prepared.verifier {
+                            if let Some(Trust::Changed { pinned, offered }) = v.decision() {
+                                return Err(ClientError::CertificateChanged(tls::changed_message(
+                                    addr,
+                                    &pinned,
+                                    &offered,
+                                    v.known_hosts(),
+                                )));
+                            }
+                        }
+                        return Err(ClientError::Tls(format!(
+                            "TLS handshake with {addr} failed: {e} (is the server plain TCP? \
+                             then both sides need --plain)"
+                        )));
+                    }
+                }
+            }
+        };
         let limits = Limits::default();
         let mut conn = Connection::new(stream, limits.max_reply_header);
         // Until the server tells us its limit, stay under the pre-login one.
@@ -47,6 +88,7 @@ impl Client {
                 peer: String::new(),
                 max_header: limits.max_header,
             },
+            trust,
             scratch: Vec::new(),
         };
         let reply = client
@@ -82,6 +124,15 @@ impl Client {
 
     pub fn hello(&self) -> &ServerHello {
         &self.hello
+    }
+
+    /// How the server's certificate was trusted (None on plain TCP).
+    pub fn trust(&self) -> Option<&Trust> {
+        self.trust.as_ref()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.conn.is_tls()
     }
 
     pub fn server_addr(&self) -> Option<std::net::SocketAddr> {

@@ -4,11 +4,15 @@
 
 use std::os::fd::AsRawFd;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::BytesMut;
 use ferry_proto::{FrameDecoder, FrameEvent, ReplyFrame, RequestFrame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::tcp;
+use tokio_rustls::client::TlsStream;
 
 use crate::error::{ClientError, Result};
 
@@ -19,8 +23,23 @@ pub(crate) const IO_CHUNK: usize = 1 << 20;
 /// write without holding much memory.
 const WRITE_COALESCE: usize = 256 * 1024;
 
+/// The byte stream under the frames: plain TCP, or TLS over TCP.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     decoder: FrameDecoder,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -29,10 +48,10 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(stream: TcpStream, recv_max_header: u32) -> Self {
+    pub(crate) fn new(stream: Stream, recv_max_header: u32) -> Self {
         // Latency matters more than packet count for request/response: Nagle would delay
         // small frames behind the previous reply's ACK.
-        let _ = stream.set_nodelay(true);
+        let _ = stream.tcp().set_nodelay(true);
         Connection {
             stream,
             decoder: FrameDecoder::new(recv_max_header),
@@ -47,7 +66,16 @@ impl Connection {
     }
 
     pub(crate) fn split(&mut self) -> (FrameReader<'_>, FrameWriter<'_>) {
-        let (r, w) = self.stream.split();
+        let (r, w) = match &mut self.stream {
+            Stream::Plain(s) => {
+                let (r, w) = s.split();
+                (ReadAny::Plain(r), WriteAny::Plain(w))
+            }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(&mut **s);
+                (ReadAny::Tls(r), WriteAny::Tls(w))
+            }
+        };
         (
             FrameReader {
                 half: r,
@@ -63,12 +91,77 @@ impl Connection {
     }
 
     pub(crate) fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.stream.peer_addr()
+        self.stream.tcp().peer_addr()
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+}
+
+/// The read half of either kind of stream.
+pub(crate) enum ReadAny<'a> {
+    Plain(tcp::ReadHalf<'a>),
+    Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadAny<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ReadAny::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            ReadAny::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The write half of either kind of stream; only plain TCP can send files zero-copy.
+pub(crate) enum WriteAny<'a> {
+    Plain(tcp::WriteHalf<'a>),
+    Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+impl WriteAny<'_> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            WriteAny::Plain(w) => Some(w.as_ref()),
+            WriteAny::Tls(_) => None,
+        }
+    }
+}
+
+impl AsyncWrite for WriteAny<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WriteAny::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            WriteAny::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteAny::Plain(w) => Pin::new(w).poll_flush(cx),
+            WriteAny::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteAny::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            WriteAny::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
     }
 }
 
 pub(crate) struct FrameReader<'a> {
-    half: ReadHalf<'a>,
+    half: ReadAny<'a>,
     decoder: &'a mut FrameDecoder,
     rbuf: &'a mut BytesMut,
 }
@@ -139,7 +232,7 @@ impl FrameReader<'_> {
 }
 
 pub(crate) struct FrameWriter<'a> {
-    half: WriteHalf<'a>,
+    half: WriteAny<'a>,
     wbuf: &'a mut BytesMut,
     max_header: u32,
 }
@@ -172,7 +265,11 @@ impl FrameWriter<'_> {
                 .map_err(|e| ClientError::io("writing to server", e))?;
             self.wbuf.clear();
         }
-        Ok(())
+        // TLS holds written records until flushed.
+        self.half
+            .flush()
+            .await
+            .map_err(|e| ClientError::io("writing to server", e))
     }
 
     /// Sends `len` bytes of `file` from `offset` as the body already announced, zero-copy
@@ -185,7 +282,9 @@ impl FrameWriter<'_> {
         progress: &dyn crate::Progress,
     ) -> Result<()> {
         self.flush().await?;
-        let stream: &TcpStream = self.half.as_ref();
+        let Some(stream) = self.half.tcp() else {
+            return self.copy_file(file, offset, len, progress).await;
+        };
         let sock = stream.as_raw_fd();
         let fd = file.as_raw_fd();
         let mut off = offset as libc::off_t;
@@ -256,6 +355,9 @@ impl FrameWriter<'_> {
             remaining -= n as u64;
             progress.advance(n as u64);
         }
-        Ok(())
+        self.half
+            .flush()
+            .await
+            .map_err(|e| ClientError::io("writing to server", e))
     }
 }

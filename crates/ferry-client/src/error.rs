@@ -30,6 +30,12 @@ pub enum ClientError {
     /// The server closed the connection.
     #[error("server closed the connection")]
     Closed,
+    /// The TLS handshake failed.
+    #[error("{0}")]
+    Tls(String),
+    /// The server's certificate differs from the one pinned for it: possibly an attack.
+    #[error("{0}")]
+    CertificateChanged(String),
     /// A local precondition failed (e.g. a directory where a file is expected).
     #[error("{0}")]
     Local(String),

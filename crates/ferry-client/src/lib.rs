@@ -8,17 +8,21 @@
 //! - `transfer.rs`: [`Client::put_files`] and [`Client::get_files`], which pipeline many files
 //!   over one connection, verify every byte against the hash of record, and resume.
 //! - `conn.rs`: the framed reader and writer halves over the socket (sendfile for uploads).
+//! - [`tls`]: TLS with certificates verified against the system roots or `--ca`, or trusted on
+//!   first use and pinned by fingerprint in a known-hosts file.
 //! - [`Progress`]: hooks the CLI uses to draw progress bars; the library prints nothing.
 
 mod client;
 mod conn;
 mod error;
 mod progress;
+pub mod tls;
 mod transfer;
 
-pub use client::{Client, ServerHello};
+pub use client::{Client, ConnectOptions, ServerHello};
 pub use error::{ClientError, Result};
 pub use progress::{NoProgress, Progress};
+pub use tls::{TlsMode, Trust};
 pub use transfer::{
     GetItem, GetOptions, GetOutcome, LARGE_FILE, PARTIAL_SUFFIX, PutItem, PutOptions, PutOutcome,
     hash_file,

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub io_buffer: usize,
     /// Name and version sent in `hello`.
     pub server_name: String,
+    /// TLS settings; `None` serves plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl ServerConfig {
@@ -43,6 +45,7 @@ impl ServerConfig {
             limits: Limits::default(),
             io_buffer: 256 * 1024,
             server_name: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_owned(),
+            tls: None,
         }
     }
 }

@@ -12,9 +12,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::{ErrorCode, FrameDecoder, FrameEvent, Header, ProtoError, ReplyFrame, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 /// Read buffer between frames (headers; the decoder reserves more for a long header).
@@ -34,31 +38,87 @@ pub enum ConnError {
     Io(#[from] io::Error),
 }
 
+/// The byte stream under the frames: plain TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A framed connection.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: FrameDecoder,
     idle_timeout: Duration,
     frame_timeout: Duration,
     io_buffer: usize,
-    /// Replies are encoded with this header limit (the post-login maximum, which every client
-    /// must accept once logged in).
+    /// Replies are encoded with this header limit (`Limits::max_reply_header`, which clients
+    /// accept): far above the request limit, so large listings fit.
     reply_max_header: u32,
 }
 
 impl Conn {
     pub fn new(
-        stream: TcpStream,
+        stream: Stream,
         max_header: u32,
         reply_max_header: u32,
         idle_timeout: Duration,
         frame_timeout: Duration,
         io_buffer: usize,
     ) -> Self {
-        let _ = stream.set_nodelay(true);
+        let _ = stream.tcp().set_nodelay(true);
         Conn {
             stream,
             rbuf: BytesMut::with_capacity(SMALL_BUFFER),
@@ -193,7 +253,12 @@ impl Conn {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        match timeout(self.frame_timeout, self.stream.write_all(&self.wbuf)).await {
+        // TLS holds written records until flushed.
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        match timeout(self.frame_timeout, write).await {
             Ok(r) => r?,
             Err(_) => return Err(ConnError::Timeout("writing a reply")),
         }
@@ -201,23 +266,28 @@ impl Conn {
         Ok(())
     }
 
-    /// Flushes the replies, then sends `len` bytes of `file` from `offset` with `sendfile(2)`
-    /// straight from the page cache to the socket. A file that shrinks under us fails the
-    /// connection (the declared body length can no longer be honoured).
+    /// Flushes the replies, then sends `len` bytes of `file` from `offset`: on plain TCP with
+    /// `sendfile(2)`, straight from the page cache to the socket; over TLS through a buffer,
+    /// since the bytes must be encrypted. A file that shrinks under us fails the connection
+    /// (the declared body length can no longer be honoured).
     pub async fn send_file(&mut self, file: &File, offset: u64, len: u64) -> Result<(), ConnError> {
         self.flush().await?;
-        let sock = self.stream.as_raw_fd();
+        let stream = match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(_) => return self.copy_file(file, offset, offset + len).await,
+        };
+        let sock = stream.as_raw_fd();
         let fd = file.as_raw_fd();
         let end = offset + len;
         let mut off = offset as libc::off_t;
         while (off as u64) < end {
             // sendfile moves at most 0x7ffff000 bytes per call.
             let want = (end - off as u64).min(1 << 30) as usize;
-            match timeout(self.frame_timeout, self.stream.writable()).await {
+            match timeout(self.frame_timeout, stream.writable()).await {
                 Ok(r) => r?,
                 Err(_) => return Err(ConnError::Timeout("sending a file")),
             }
-            let res = self.stream.try_io(Interest::WRITABLE, || {
+            let res = stream.try_io(Interest::WRITABLE, || {
                 // SAFETY: both fds are open for the duration of the call; `off` is a valid
                 // pointer to our offset, which sendfile advances.
                 let n = unsafe { libc::sendfile(sock, fd, &mut off, want) };
@@ -266,6 +336,10 @@ impl Conn {
             }
             off += n as u64;
         }
+        match timeout(self.frame_timeout, self.stream.flush()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ConnError::Timeout("sending a file")),
+        }
         Ok(())
     }
 
@@ -282,7 +356,7 @@ impl Conn {
     }
 }
 
-async fn drain(stream: &mut TcpStream) {
+async fn drain(stream: &mut Stream) {
     let mut sink = vec![0u8; 64 * 1024];
     let _ = timeout(Duration::from_millis(500), async {
         while let Ok(n) = stream.read(&mut sink).await {
@@ -295,7 +369,7 @@ async fn drain(stream: &mut TcpStream) {
 }
 
 /// Tells a peer the server is at its connection cap, then closes. Bounded in time.
-pub async fn refuse_busy(mut stream: TcpStream) {
+pub async fn refuse_busy(mut stream: Stream) {
     let mut buf = BytesMut::new();
     ReplyFrame::err(
         0,
@@ -308,6 +382,7 @@ pub async fn refuse_busy(mut stream: TcpStream) {
     .expect("busy reply encodes");
     let _ = timeout(Duration::from_secs(2), async {
         let _ = stream.write_all(&buf).await;
+        let _ = stream.flush().await;
         let _ = stream.shutdown().await;
     })
     .await;

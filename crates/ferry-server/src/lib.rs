@@ -17,6 +17,8 @@
 //!   `ferry user` operations.
 //! - [`quota`]: size parsing and the in-memory per-user usage accountant with reservations.
 //! - [`hashes`]: the hash of record (per user, keyed by inode, checked against size + mtime).
+//! - [`tls`]: the server's certificate — its own self-signed one, made on first start and
+//!   kept in the data root, or one given with `--cert`/`--key` — and the rustls config.
 //! - [`config`]: [`ServerConfig`], every tunable with its default.
 //!
 //! # On-disk layout of the data root
@@ -32,6 +34,7 @@
 //! <root>/state/hashes/<user>/<ino>.json  hash of record for the file with that inode, valid
 //!                                      while its size and mtime (ns) still match
 //! <root>/state/tmp/                    temporaries for atomic rewrites
+//! <root>/tls/cert.pem, key.pem         the server's own certificate (key mode 0600)
 //! ```
 //!
 //! `state/` lives beside `homes/` on the same filesystem, so placing a finished upload is one
@@ -47,6 +50,7 @@ pub mod quota;
 pub mod root;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod users;
 
 pub use config::ServerConfig;

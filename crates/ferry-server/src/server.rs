@@ -5,13 +5,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::conn::refuse_busy;
+use crate::conn::{Stream, refuse_busy};
 use crate::root::DataRoot;
 use crate::session::{Shared, serve_connection};
 
@@ -64,11 +64,16 @@ pub async fn run(
                 }
             },
         };
+        let tls = shared.config.tls.clone();
+        let handshake_timeout = shared.config.frame_timeout;
         match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => {
                 let (shared, cancel, hard) = (Arc::clone(&shared), cancel.clone(), hard.clone());
                 tracker.spawn(async move {
                     tracing::debug!(%peer, "connected");
+                    let Some(stream) = secure(stream, tls, handshake_timeout, peer).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = serve_connection(shared, stream, peer, cancel) => {}
                         _ = hard.cancelled() => {}
@@ -79,7 +84,14 @@ pub async fn run(
             }
             Err(_) => {
                 tracing::warn!(%peer, "at the connection limit ({max}); refusing");
-                tracker.spawn(refuse_busy(stream));
+                // Over TLS the refusal must be encrypted like any reply; the handshake is
+                // bounded so a flood of refusals cannot pile up.
+                tracker.spawn(async move {
+                    let limit = handshake_timeout.min(Duration::from_secs(2));
+                    if let Some(stream) = secure(stream, tls, limit, peer).await {
+                        refuse_busy(stream).await;
+                    }
+                });
             }
         }
     }
@@ -93,6 +105,30 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }
     Ok(())
+}
+
+/// Runs the TLS handshake when TLS is on; a peer that fails or stalls it is dropped.
+async fn secure(
+    tcp: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limit: Duration,
+    peer: std::net::SocketAddr,
+) -> Option<Stream> {
+    let Some(config) = tls else {
+        return Some(Stream::Plain(tcp));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(Stream::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 async fn sweeper(shared: Arc<Shared>, cancel: CancellationToken) {

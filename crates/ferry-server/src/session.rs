@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use ferry_proto::{Digest, ErrorCode, ProtoError, ReplyFrame, Request, RequestFrame, WireError};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::conn::{Conn, ConnError};
+use crate::conn::{Conn, ConnError, Stream};
 use crate::hashes::HashStore;
 use crate::home::{Home, VPath};
 use crate::ops::{self, OpError};
@@ -252,7 +251,7 @@ impl Session {
 /// shutdown (checked between requests).
 pub async fn serve_connection(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
@@ -260,7 +259,7 @@ pub async fn serve_connection(
     let mut conn = Conn::new(
         stream,
         cfg.limits.max_header_prelogin,
-        cfg.limits.max_header,
+        cfg.limits.max_reply_header,
         cfg.idle_timeout,
         cfg.frame_timeout,
         cfg.io_buffer,

@@ -121,7 +121,11 @@ fn generate(dir: &Path, cert: &Path, key: &Path, extra_names: &[String]) -> Resu
         move |source| TlsError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(extra_names.iter().cloned());
     names.dedup();
     let certified =
@@ -154,7 +158,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = load_or_create(dir.path(), None, None, &[]).unwrap();
         assert!(first.created);
-        let mode = fs::metadata(dir.path().join("key.pem")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = load_or_create(dir.path(), None, None, &[]).unwrap();
         assert!(!second.created);

@@ -585,7 +585,11 @@ async fn pipelined_requests_answer_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_and_internal_codes() {
-    let srv = TestServer::start_with(|c| c.limits.max_file_size = 1000).await;
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_file_size = 1000;
+        c.limits.max_reply_header = 64 * 1024;
+    })
+    .await;
     let mut c = srv.login("alice").await;
     // A put over the maximum file size: too_large for that request, body skipped, session on.
     let body = data(1, 2000);
@@ -612,7 +616,8 @@ async fn too_large_and_internal_codes() {
         ErrorCode::TooLarge,
     )
     .await;
-    // A listing whose reply header would exceed the 64 KiB limit: too_large, not a broken frame.
+    // A listing whose reply header would exceed the reply limit (lowered to 64 KiB here):
+    // too_large, not a broken frame.
     let dir = srv.home("alice").join("many");
     std::fs::create_dir(&dir).unwrap();
     for i in 0..600 {

@@ -383,3 +383,24 @@ fn many_clients_at_once_each_verify_their_own_files() {
         "{ivan}"
     );
 }
+
+#[test]
+fn a_large_directory_lists_in_one_reply() {
+    let srv = Server::start(&["kate"]);
+    let dir = srv.home("kate").join("many");
+    fs::create_dir_all(&dir).unwrap();
+    for i in 0..3000 {
+        fs::write(
+            dir.join(format!("file-with-a-longish-name-{i:05}.dat")),
+            b"x",
+        )
+        .unwrap();
+    }
+    let out = json(srv.ferry("kate").args(["ls", "--json", "many"]));
+    assert_eq!(
+        out["entries"].as_array().unwrap().len(),
+        3000,
+        "{}",
+        out["path"]
+    );
+}

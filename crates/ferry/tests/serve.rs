@@ -45,7 +45,7 @@ struct Serve {
 impl Serve {
     fn start(root: &Path) -> Serve {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .args(["serve", "--plain", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .env("FERRY_LOG", "info")
             .stdout(Stdio::piped())

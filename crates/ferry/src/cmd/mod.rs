@@ -9,13 +9,15 @@ pub mod user;
 
 /// Exit codes, documented in README.md:
 /// 0 success, 1 generic failure, 2 usage error (clap's own), 3 connection/network failure,
-/// 4 authentication failure, 5 remote error (not found, permission, …), 6 verification failure.
+/// 4 authentication failure, 5 remote error (not found, permission, …), 6 verification failure,
+/// 7 TLS failure (handshake failed, or the server's certificate changed).
 pub mod exit {
     pub const FAILURE: u8 = 1;
     pub const NETWORK: u8 = 3;
     pub const AUTH: u8 = 4;
     pub const REMOTE: u8 = 5;
     pub const VERIFY: u8 = 6;
+    pub const TLS: u8 = 7;
 }
 
 /// Picks the exit code for an error that reached `main`.
@@ -47,6 +49,7 @@ pub fn exit_code_for_client(err: &ferry_client::ClientError) -> u8 {
         ClientError::Remote(w) => exit_code_for_wire(w.code),
         ClientError::ChecksumMismatch { .. } => exit::VERIFY,
         ClientError::Io { .. } | ClientError::Closed | ClientError::Proto(_) => exit::NETWORK,
+        ClientError::Tls(_) | ClientError::CertificateChanged(_) => exit::TLS,
         ClientError::Unexpected(_) | ClientError::Local(_) => exit::FAILURE,
     }
 }

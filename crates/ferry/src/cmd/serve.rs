@@ -39,6 +39,20 @@ pub struct Args {
     /// Async worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Serve plain TCP instead of TLS (for the course's Python client); loopback only unless
+    /// --allow-plain-remote.
+    #[arg(long, env = "FERRY_PLAIN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub plain: bool,
+    /// Allow --plain on an address other than loopback: passwords and files cross the
+    /// network in clear.
+    #[arg(long, requires = "plain")]
+    pub allow_plain_remote: bool,
+    /// Certificate chain (PEM) to serve instead of the data root's own self-signed one.
+    #[arg(long, value_name = "PEM", requires = "key", conflicts_with = "plain")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// Seconds, or a number with an `s`, `m`, `h` or `d` suffix.
@@ -85,6 +99,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.frame_timeout = args.frame_timeout;
     config.grace = args.grace;
     config.partial_max_age = args.partial_max_age;
+    if !args.plain {
+        let tls = ferry_server::tls::load_or_create(
+            &args.root.join("tls"),
+            args.cert.as_deref(),
+            args.key.as_deref(),
+            &[],
+        )
+        .context("cannot set up TLS")?;
+        if tls.created {
+            eprintln!(
+                "ferry: created a self-signed TLS certificate in {}",
+                tls.cert_path.display()
+            );
+        }
+        eprintln!(
+            "ferry: TLS certificate fingerprint {} (clients pin it on first use; compare)",
+            tls.fingerprint
+        );
+        config.tls = Some(tls.config);
+    }
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().max_blocking_threads(1024);
@@ -97,6 +131,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        if args.plain && !addr.ip().is_loopback() && !args.allow_plain_remote {
+            anyhow::bail!(
+                "refusing plain TCP on {addr}: passwords and files would cross the network \
+                 unencrypted. Use TLS (drop --plain), listen on loopback, or add \
+                 --allow-plain-remote if you really mean it"
+            );
+        }
+        if args.plain {
+            tracing::warn!("serving plain TCP on {addr}: nothing is encrypted");
+        }
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "ferry listening on {addr}")?;

@@ -17,6 +17,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 pub struct Server {
     pub root: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The clients' config directory (their known_hosts), fresh for each server.
+    pub config: tempfile::TempDir,
+    /// Whether the server speaks plain TCP (`--plain`) rather than TLS.
+    pub plain: bool,
     child: Child,
 }
 
@@ -34,7 +38,13 @@ impl Server {
         Self::start_on(root, extra)
     }
 
+    /// A server on plain TCP, for clients without TLS.
+    pub fn start_plain(users: &[&str]) -> Server {
+        Self::start_with(users, &["--plain"])
+    }
+
     pub fn start_on(root: tempfile::TempDir, extra: &[&str]) -> Server {
+        let plain = extra.contains(&"--plain");
         let mut child = Command::new(BIN)
             .args(["serve", "--root"])
             .arg(root.path())
@@ -63,7 +73,20 @@ impl Server {
             .expect("server printed its address")
             .parse()
             .expect("address parses");
-        Server { root, addr, child }
+        Server {
+            root,
+            addr,
+            config: tempfile::tempdir().expect("temp config dir"),
+            plain,
+            child,
+        }
+    }
+
+    /// The server's certificate fingerprint, as clients pin it.
+    pub fn fingerprint(&self) -> String {
+        let pem = std::fs::read(self.root.path().join("tls/cert.pem")).expect("cert.pem");
+        let der = rustls_pki_der(&pem);
+        ferry_client::tls::fingerprint(&der).to_string()
     }
 
     pub fn home(&self, user: &str) -> PathBuf {
@@ -78,12 +101,27 @@ impl Server {
     pub fn ferry_at(&self, addr: &str, user: &str) -> Command {
         let mut c = Command::new(BIN);
         c.env("FERRY_SERVER", addr)
+            .env("FERRY_CONFIG_DIR", self.config.path())
             .env("FERRY_USER", user)
             .env("FERRY_PASSWORD", format!("pw-{user}"))
             .env("FERRY_LOG", "warn")
             .stdin(Stdio::null());
+        if self.plain {
+            c.env("FERRY_PLAIN", "1");
+        } else {
+            c.env_remove("FERRY_PLAIN");
+        }
         c
     }
+}
+
+/// The DER bytes of the first certificate in a PEM file.
+pub fn rustls_pki_der(pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem)
+        .expect("a certificate in the PEM file")
+        .to_vec()
 }
 
 impl Drop for Server {
@@ -112,27 +150,29 @@ pub fn add_user(root: &Path, name: &str, extra: &[&str]) {
     );
 }
 
-/// Runs a command with a deadline, returning its output.
+/// Runs a command with a deadline, returning its output. The pipes are drained while it
+/// runs, so a command that prints a lot cannot block on a full pipe.
 pub fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("waiting for the command"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let out = rx.recv().unwrap().unwrap();
             panic!(
                 "command timed out: {cmd:?}\nstderr: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -179,6 +219,8 @@ pub struct SlowProxy {
     pub addr: SocketAddr,
     /// Bytes forwarded from clients to the server so far.
     pub upstream: Arc<AtomicU64>,
+    /// The first MiB of what clients sent, to check what crosses the wire.
+    pub recorded: Arc<std::sync::Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -191,6 +233,8 @@ impl SlowProxy {
         let stop2 = stop.clone();
         let upstream = Arc::new(AtomicU64::new(0));
         let up2 = upstream.clone();
+        let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rec2 = recorded.clone();
         thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -201,7 +245,7 @@ impl SlowProxy {
                             (
                                 client.try_clone().unwrap(),
                                 server.try_clone().unwrap(),
-                                Some(up2.clone()),
+                                Some((up2.clone(), rec2.clone())),
                             ),
                             (server, client, None),
                         ] {
@@ -215,8 +259,12 @@ impl SlowProxy {
                                             if to.write_all(&buf[..n]).is_err() {
                                                 break;
                                             }
-                                            if let Some(c) = &count {
+                                            if let Some((c, rec)) = &count {
                                                 c.fetch_add(n as u64, Ordering::Relaxed);
+                                                let mut rec = rec.lock().unwrap();
+                                                if rec.len() < 1 << 20 {
+                                                    rec.extend_from_slice(&buf[..n]);
+                                                }
                                             }
                                         }
                                     }
@@ -234,6 +282,7 @@ impl SlowProxy {
         SlowProxy {
             addr,
             upstream,
+            recorded,
             stop,
         }
     }

@@ -14,7 +14,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ferry_client::{Client, ClientError};
+use ferry_client::{Client, ClientError, ConnectOptions, TlsMode, Trust};
 
 pub use get::{GetArgs, get};
 pub use ops::{LsArgs, MkdirArgs, MvArgs, PwdArgs, RmArgs, StatArgs, ls, mkdir, mv, pwd, rm, stat};
@@ -35,6 +35,13 @@ pub struct Remote {
     /// User to log in as (default: your local user name).
     #[arg(long, short = 'u', env = "FERRY_USER")]
     pub user: Option<String>,
+    /// Plain TCP instead of TLS (only for a server started with --plain).
+    #[arg(long, env = "FERRY_PLAIN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub plain: bool,
+    /// Trust only server certificates signed by this CA (PEM) instead of the system roots
+    /// and pinned fingerprints.
+    #[arg(long, value_name = "PEM", conflicts_with = "plain")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// How to report, shared by every client command.
@@ -78,9 +85,24 @@ impl Remote {
                     .context("reading the password")?
             }
         };
-        let mut client = Client::connect(&self.server)
+        let tls = if self.plain {
+            TlsMode::Plain
+        } else {
+            TlsMode::Tls {
+                ca: self.ca.clone(),
+                known_hosts: ferry_client::tls::default_known_hosts(),
+            }
+        };
+        let mut client = Client::connect(&self.server, &ConnectOptions { tls })
             .await
             .with_context(|| format!("cannot reach ferry server at {}", self.server))?;
+        if let Some(Trust::FirstUse(fp)) = client.trust() {
+            eprintln!(
+                "ferry: trusting {} on first use; its certificate is {fp} (pinned in {})",
+                self.server,
+                ferry_client::tls::default_known_hosts().display()
+            );
+        }
         client
             .login(&user, &password)
             .await
