@@ -1270,6 +1270,114 @@ async fn symlinks_out_of_the_home_are_never_followed() {
     a.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_and_links_inside_trees_are_not_followed() {
+    let mut a = Arena::start().await;
+    let home = a.alice_home();
+    // A FIFO placed in the home by other means: refused, never waited on. (A socket: see
+    // `a_socket_in_a_home_is_refused_like_other_special_files`.)
+    let fifo = home.join("fifo");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let mut c = a.alice().await;
+    for name in ["/fifo"] {
+        for r in [
+            Request::Get {
+                path: name.into(),
+                offset: 0,
+                algo: None,
+            },
+            Request::Stat {
+                path: name.into(),
+                algo: Some(HashAlgo::Blake3),
+            },
+        ] {
+            let what = format!("{r:?}");
+            let e = tokio::time::timeout(Duration::from_secs(5), c.call(r))
+                .await
+                .unwrap_or_else(|_| panic!("{what} hung"))
+                .expect_err(&what);
+            assert_eq!(e.code, ErrorCode::PermissionDenied, "{what}");
+        }
+        match c
+            .call(Request::Stat {
+                path: name.into(),
+                algo: None,
+            })
+            .await
+        {
+            Ok(Reply::Stat(e)) => assert_eq!(e.kind, ferry_proto::EntryKind::Other),
+            other => panic!("stat {name}: {other:?}"),
+        }
+        // Overwriting replaces the special file itself.
+        c.put_opts(name, b"now a file", true).await.unwrap();
+        assert_eq!(c.get(name).await.unwrap().1, b"now a file");
+    }
+    // rm -r of a tree that holds links to outside, to bob's home and to `/` removes the links,
+    // never what they point to; quota accounting is not fooled by them either.
+    std::fs::create_dir_all(home.join("tree/sub")).unwrap();
+    std::fs::write(home.join("tree/sub/own"), b"own file").unwrap();
+    symlink(&a.outside, home.join("tree/out")).unwrap();
+    symlink(a.outside.join("secret"), home.join("tree/sub/secret")).unwrap();
+    symlink("../../../bob", home.join("tree/sub/bob")).unwrap();
+    symlink("/", home.join("tree/root")).unwrap();
+    c.call(Request::Rm {
+        path: "/tree".into(),
+        recursive: true,
+    })
+    .await
+    .unwrap();
+    assert!(!home.join("tree").exists());
+    assert!(a.outside.join("secret").exists() && a.srv.home("bob").join("secret").exists());
+    // mv of a link elsewhere in the home moves the link; it still cannot be followed.
+    symlink(&a.outside, home.join("out2")).unwrap();
+    c.mkdir("/d").await;
+    c.call(Request::Mv {
+        from: "/out2".into(),
+        to: "/d/out2".into(),
+        overwrite: false,
+    })
+    .await
+    .unwrap();
+    c.expect_err(
+        Request::Get {
+            path: "/d/out2/secret".into(),
+            offset: 0,
+            algo: None,
+        },
+        ErrorCode::PermissionDenied,
+    )
+    .await;
+    a.check("special files and links in trees").await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: get/stat --algo of a unix socket in a home answers `internal` (open fails with ENXIO before open_regular's file-type check) instead of permission_denied; see report"]
+async fn a_socket_in_a_home_is_refused_like_other_special_files() {
+    let mut a = Arena::start().await;
+    let _sock = std::os::unix::net::UnixListener::bind(a.alice_home().join("sock")).unwrap();
+    let mut c = a.alice().await;
+    for r in [
+        Request::Get {
+            path: "/sock".into(),
+            offset: 0,
+            algo: None,
+        },
+        Request::Stat {
+            path: "/sock".into(),
+            algo: Some(HashAlgo::Md5),
+        },
+    ] {
+        let what = format!("{r:?}");
+        let e = c.call(r).await.expect_err(&what);
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{what}");
+    }
+    a.check("socket").await;
+    a.stop().await;
+}
+
 /// Sends a put's header and the first half of its body, waits until the server has written
 /// some of it to the partial, and returns the client and the second half.
 async fn half_a_put(a: &Arena, path: &str, body: &[u8]) -> Client {
@@ -1665,5 +1773,87 @@ async fn password_guessing_fails_and_the_right_password_still_works() {
     let mut c = a.alice().await;
     assert_eq!(c.ls("/").await.len(), 4);
     a.check("password guessing").await;
+    a.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deep trees
+
+/// Builds a directory chain about `chains * 2040` levels deep under `/t{chains-1}`: each
+/// `mkdir -p` stays within the 4096-byte path limit, and `mv` nests one chain into the next,
+/// so the depth on disk is not bounded by the path limit.
+async fn deep_tree(c: &mut Client, chains: usize) {
+    let chain = |root: &str| format!("/{root}/{}", vec!["a"; 2040].join("/"));
+    for i in 0..chains {
+        let dst = chain(&format!("t{i}"));
+        c.call(Request::Mkdir {
+            path: dst.clone(),
+            parents: true,
+        })
+        .await
+        .unwrap();
+        if i > 0 {
+            c.call(Request::Mv {
+                from: format!("/t{}", i - 1),
+                to: format!("{dst}/x"),
+                overwrite: false,
+            })
+            .await
+            .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: rm -r of a deep tree (mkdir -p + mv nesting) overflows the stack in the recursive ops::rm::measure and aborts the whole server; see report"]
+async fn rm_recursive_of_a_very_deep_tree_does_not_crash_the_server() {
+    let mut a = Arena::start().await;
+    let mut c = a.alice().await;
+    deep_tree(&mut c, 8).await;
+    // Done or refused cleanly; either way the server is still there.
+    match c
+        .call(Request::Rm {
+            path: "/t7".into(),
+            recursive: true,
+        })
+        .await
+    {
+        Ok(_) => assert!(!a.alice_home().join("t7").exists()),
+        Err(e) => assert_ne!(e.code, ErrorCode::Internal, "{e}"),
+    }
+    c.call(Request::Pwd).await.unwrap();
+    a.check("rm -r of a deep tree").await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: login re-measures usage with the recursive, path-based quota::walk; a deep home overflows the stack (aborting the server) or fails with ENAMETOOLONG (the user can no longer log in); see report"]
+async fn a_very_deep_home_does_not_stop_login_or_crash_the_server() {
+    let mut a = Arena::start().await;
+    let mut c = a.alice().await;
+    deep_tree(&mut c, 8).await;
+    c.call(Request::Quit).await.unwrap();
+    c.expect_closed().await;
+    drop(c);
+    // Once no session holds alice's usage, the next login measures the home again.
+    let t = Instant::now();
+    loop {
+        let mut c = a.greeted().await;
+        let r = c
+            .call(Request::Login {
+                user: "alice".into(),
+                password: "alice-pw".into(),
+            })
+            .await;
+        r.expect("alice can still log in");
+        c.call(Request::Pwd).await.unwrap();
+        if t.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        c.call(Request::Quit).await.unwrap();
+        c.expect_closed().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.check("login with a deep home").await;
     a.stop().await;
 }
