@@ -7,7 +7,6 @@
 //! together overshoot the quota.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -156,34 +155,76 @@ impl QuotaBook {
     }
 }
 
-/// Walks a home (regular files: bytes and count; symlinks are not followed) and a partials
-/// directory (bytes only).
-pub fn measure(home: &Path, partials: &Path) -> io::Result<Usage> {
-    let mut usage = Usage::default();
-    walk(home, &mut usage, true)?;
-    walk(partials, &mut usage, false)?;
-    Ok(usage)
+/// Deepest directory level the walkers descend to. Walks are iterative (no recursion to
+/// overflow a stack) and fd-relative (no path to outgrow PATH_MAX), holding one open handle
+/// per level, so this also bounds the file descriptors one walk uses.
+pub const MAX_WALK_DEPTH: usize = 256;
+
+/// What [`walk_dir`] found.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub usage: Usage,
+    /// Inodes of the regular files with a single link (when asked for).
+    pub inodes: Vec<u64>,
+    /// Some directory lay deeper than [`MAX_WALK_DEPTH`] and was not entered.
+    pub too_deep: bool,
 }
 
-fn walk(dir: &Path, usage: &mut Usage, count_files: bool) -> io::Result<()> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in rd {
+/// Counts the regular files below `dir` through capability handles (symlinks are never
+/// followed), iteratively and at most [`MAX_WALK_DEPTH`] levels down.
+pub fn walk_dir(dir: &cap_std::fs::Dir, count_files: bool, inodes: bool) -> io::Result<Walk> {
+    use cap_std::fs::MetadataExt as _;
+    let mut out = Walk::default();
+    let mut stack = vec![dir.entries()?];
+    while let Some(top) = stack.last_mut() {
+        let Some(entry) = top.next() else {
+            stack.pop();
+            continue;
+        };
         let entry = entry?;
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            walk(&entry.path(), usage, count_files)?;
+            if stack.len() >= MAX_WALK_DEPTH {
+                out.too_deep = true;
+                continue;
+            }
+            let sub = entry.open_dir()?.entries()?;
+            stack.push(sub);
         } else if ft.is_file() {
-            usage.bytes += entry.metadata()?.len();
+            let m = entry.metadata()?;
+            out.usage.bytes += m.len();
             if count_files {
-                usage.files += 1;
+                out.usage.files += 1;
+            }
+            if inodes && m.nlink() == 1 {
+                out.inodes.push(m.ino());
             }
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// A user's usage from disk: regular files in the home (bytes and count) plus the bytes of
+/// the partial uploads. Content deeper than [`MAX_WALK_DEPTH`] is not counted (and logged).
+pub fn measure(home: &Path, partials: &Path) -> io::Result<Usage> {
+    let mut usage = Usage::default();
+    for (dir, count_files) in [(home, true), (partials, false)] {
+        let d = match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let w = walk_dir(&d, count_files, false)?;
+        if w.too_deep {
+            tracing::warn!(
+                "{}: directories deeper than {MAX_WALK_DEPTH} levels are not counted in the quota",
+                dir.display()
+            );
+        }
+        usage.bytes += w.usage.bytes;
+        usage.files += w.usage.files;
+    }
+    Ok(usage)
 }
 
 /// Parses a size: `1024`, `500MB`, `10GiB`, `1.5G`, `unlimited`. Decimal units (kB, MB, GB,

@@ -334,6 +334,17 @@ pub async fn serve_connection(
 /// Opens a regular file for reading through the home capability. `O_NONBLOCK` so that a FIFO
 /// placed in a home by other means cannot hang us; anything but a regular file is refused.
 pub fn open_regular(home: &Home, path: &VPath) -> Result<File, OpError> {
+    // Check the type first: opening a socket fails (ENXIO) and a device must not be opened.
+    let meta = home
+        .dir()
+        .metadata(path.rel())
+        .map_err(|e| OpError::io(path, e))?;
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(OpError::new(
+            ErrorCode::PermissionDenied,
+            format!("{}: not a regular file", path.display()),
+        ));
+    }
     let mut opts = OpenOptions::new();
     opts.read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);

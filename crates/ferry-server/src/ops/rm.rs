@@ -1,14 +1,13 @@
 //! `rm`: remove a file, a symlink (never its target), an empty directory, or with
 //! `recursive` a whole tree. Frees the removed files' quota.
 
-use std::io;
 use std::sync::Arc;
 
-use cap_std::fs::{Dir, MetadataExt};
+use cap_std::fs::MetadataExt;
 use ferry_proto::{ErrorCode, Reply};
 
 use super::{OpError, blocking};
-use crate::quota::Usage;
+use crate::quota::{MAX_WALK_DEPTH, walk_dir};
 use crate::session::Session;
 
 pub async fn run(s: &Session, path: &str, recursive: bool) -> Result<Reply, OpError> {
@@ -30,11 +29,19 @@ pub async fn run(s: &Session, path: &str, recursive: bool) -> Result<Reply, OpEr
         let meta = home.dir().symlink_metadata(t.rel()).map_err(io)?;
         if meta.is_dir() {
             if recursive {
-                let mut freed = Usage::default();
-                let mut gone = Vec::new();
                 let sub = home.dir().open_dir(t.rel()).map_err(io)?;
-                measure(&sub, &mut freed, &mut gone).map_err(io)?;
+                let walk = walk_dir(&sub, true, true).map_err(io)?;
                 drop(sub);
+                if walk.too_deep {
+                    return Err(OpError::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "{}: the tree is more than {MAX_WALK_DEPTH} directories deep; remove its deeper parts first",
+                            t.display()
+                        ),
+                    ));
+                }
+                let (freed, gone) = (walk.usage, walk.inodes);
                 home.dir().remove_dir_all(t.rel()).map_err(io)?;
                 usage.adjust(-(freed.bytes as i64), -(freed.files as i64));
                 for ino in gone {
@@ -58,24 +65,4 @@ pub async fn run(s: &Session, path: &str, recursive: bool) -> Result<Reply, OpEr
     Ok(Reply::Rm {
         path: target.display(),
     })
-}
-
-/// Regular files below `dir` (symlinks not followed), through the capability handle; the
-/// inodes of those with a single link go to `inodes` (their hash records can go with them).
-pub fn measure(dir: &Dir, usage: &mut Usage, inodes: &mut Vec<u64>) -> io::Result<()> {
-    for entry in dir.entries()? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            measure(&entry.open_dir()?, usage, inodes)?;
-        } else if ft.is_file() {
-            let m = entry.metadata()?;
-            usage.bytes += m.len();
-            usage.files += 1;
-            if m.nlink() == 1 {
-                inodes.push(m.ino());
-            }
-        }
-    }
-    Ok(())
 }
