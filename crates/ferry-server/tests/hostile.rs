@@ -1545,25 +1545,24 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
         slow.push(tokio::spawn(async move {
             let mut c = Client::connect(addr).await;
             let body = b"slow";
-            // Half of them trickle a hello header, half a put body after logging in.
-            let bytes = if i % 2 == 0 {
-                frame(HELLO, b"")
+            // Half of them trickle a hello header byte by byte (150 ms apart: the header never
+            // completes within the frame timeout); the other half log in, send a put header
+            // at once, then its body one byte every 1.3 s (no progress within the timeout).
+            let (fast, slow_bytes, gap) = if i % 2 == 0 {
+                (vec![], frame(HELLO, b""), 150)
             } else {
                 c.hello_login("alice", "alice-pw").await;
-                frame(&put_header(&format!("/slow{i}"), 4, &blake3(body), 4), b"")
-                    .into_iter()
-                    .chain(body.iter().copied())
-                    .collect()
+                let h = frame(&put_header(&format!("/slow{i}"), 4, &blake3(body), 4), b"");
+                (h, body.to_vec(), 1300)
             };
+            c.write_raw(&fast).await;
             let t = Instant::now();
             let (mut r, mut w) = c.stream.into_split();
             let writer = tokio::spawn(async move {
-                for b in bytes {
+                for b in slow_bytes {
                     if w.write_all(&[b]).await.is_err() {
                         return;
                     }
-                    // Headers are never done in time; bodies stall longer than the timeout.
-                    let gap = if i % 2 == 0 { 150 } else { 1300 };
                     tokio::time::sleep(Duration::from_millis(gap)).await;
                 }
             });
