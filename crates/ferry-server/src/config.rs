@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub io_buffer: usize,
     /// Name and version sent in `hello`.
     pub server_name: String,
+    /// How failed logins are slowed down and locked out.
+    pub throttle: crate::throttle::ThrottlePolicy,
+    /// Sessions one user may have logged in at once; one more login is answered `busy`.
+    pub max_sessions_per_user: usize,
     /// TLS settings; `None` serves plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
@@ -45,6 +49,8 @@ impl ServerConfig {
             limits: Limits::default(),
             io_buffer: 256 * 1024,
             server_name: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_owned(),
+            throttle: crate::throttle::ThrottlePolicy::default(),
+            max_sessions_per_user: 64,
             tls: None,
         }
     }

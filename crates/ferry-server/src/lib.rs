@@ -15,6 +15,8 @@
 //! - [`root`]: the data root's on-disk layout (below).
 //! - [`users`]: the users file (argon2id PHC hashes), atomic writes, reload on change, and the
 //!   `ferry user` operations.
+//! - [`throttle`]: login throttling (growing delays, a lockout that ends by itself, per source
+//!   address and per user) and the cap on sessions per user.
 //! - [`quota`]: size parsing and the in-memory per-user usage accountant with reservations.
 //! - [`hashes`]: the hash of record (per user, keyed by inode, checked against size + mtime).
 //! - [`tls`]: the server's certificate — its own self-signed one, made on first start and
@@ -50,6 +52,7 @@ pub mod quota;
 pub mod root;
 pub mod server;
 pub mod session;
+pub mod throttle;
 pub mod tls;
 pub mod users;
 

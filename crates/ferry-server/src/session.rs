@@ -18,6 +18,7 @@ use crate::home::{Home, VPath};
 use crate::ops::{self, OpError};
 use crate::quota::{QuotaBook, UserUsage};
 use crate::root::DataRoot;
+use crate::throttle::{LoginThrottle, SessionCount, SessionSlot};
 use crate::users::UserStore;
 
 /// State shared by every connection.
@@ -33,6 +34,10 @@ pub struct Shared {
     pub uploads: Mutex<Uploads>,
     /// Password checks running at once (each argon2id check needs ~19 MiB and a core).
     pub login_permits: tokio::sync::Semaphore,
+    /// Failed logins per address and per user.
+    pub throttle: LoginThrottle,
+    /// Sessions logged in per user.
+    pub sessions: Arc<SessionCount>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +56,8 @@ impl Shared {
             login_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             ),
+            throttle: LoginThrottle::new(config.throttle),
+            sessions: Arc::new(SessionCount::default()),
             config,
             root,
         }
@@ -101,6 +108,8 @@ pub struct User {
     /// The user's partial uploads directory (server-internal).
     pub partials: Arc<Dir>,
     pub usage: Arc<UserUsage>,
+    /// Counts this session against the user's cap until the session ends.
+    pub slot: SessionSlot,
 }
 
 #[derive(Debug)]

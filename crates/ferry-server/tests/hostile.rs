@@ -1691,7 +1691,14 @@ async fn connection_flood_past_the_cap_gets_busy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_guessing_fails_and_the_right_password_still_works() {
-    let mut a = Arena::start().await;
+    // This case is about the answers, not the lockout (tests/login.rs covers that): the
+    // lockout is set high enough for every guess here to be checked, with short delays.
+    let mut a = Arena::start_with(|c| {
+        c.throttle.lockout_after = u32::MAX;
+        c.throttle.base_delay = std::time::Duration::from_millis(1);
+        c.throttle.max_delay = std::time::Duration::from_millis(5);
+    })
+    .await;
     let long = "p".repeat(3000);
     let guesses: Vec<(String, String)> = vec![
         ("alice", "wrong"),

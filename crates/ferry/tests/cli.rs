@@ -404,3 +404,21 @@ fn a_large_directory_lists_in_one_reply() {
         out["path"]
     );
 }
+
+#[test]
+fn passwords_never_reach_the_server_log() {
+    let srv = Server::start(&["leo"]);
+    let out = run(srv
+        .ferry("leo")
+        .env("FERRY_PASSWORD", "a-wrong-secret")
+        .arg("pwd"));
+    assert_eq!(out.status.code(), Some(4));
+    ok(srv.ferry("leo").arg("pwd"));
+    let log = fs::read_to_string(&srv.log).unwrap();
+    assert!(
+        log.contains("login failed") && log.contains("logged in"),
+        "{log}"
+    );
+    assert!(!log.contains("a-wrong-secret"), "{log}");
+    assert!(!log.contains("pw-leo"), "{log}");
+}

@@ -1,9 +1,10 @@
 //! `login`: checks the password (argon2id, on the blocking pool), opens the home and the
 //! user's usage accountant. Unknown users and wrong passwords get the same answer after about
-//! the same time, plus a short delay that slows down guessing.
+//! the same time, plus a delay that grows with repeated failures from the same address or for
+//! the same user, and a lockout that ends by itself ([`crate::throttle`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use ferry_proto::{ErrorCode, Reply};
 
@@ -11,12 +12,22 @@ use super::{OpError, blocking};
 use crate::home::{Home, VPath};
 use crate::quota;
 use crate::session::{Session, User};
+use crate::throttle::{SessionCount, Verdict};
 use crate::users::{validate_name, verify_dummy, verify_password};
 
-/// Added to every failed login.
-const FAIL_DELAY: Duration = Duration::from_millis(200);
-
 pub async fn run(s: &mut Session, name: String, password: String) -> Result<Reply, OpError> {
+    let addr = s.peer.ip();
+    if let Verdict::Locked(left) = s.shared.throttle.check(addr, &name, Instant::now()) {
+        tracing::warn!(peer = %s.peer, user = %name, "login refused: locked out after failures");
+        // The password is not even checked, so a locked-out guesser learns nothing.
+        return Err(OpError::new(
+            ErrorCode::AuthFailed,
+            format!(
+                "too many failed logins; try again in {} s",
+                left.as_secs().max(1)
+            ),
+        ));
+    }
     let shared = Arc::clone(&s.shared);
     let n = name.clone();
     // argon2id takes ~19 MiB and real CPU per check: bound how many run at once so a flood
@@ -41,12 +52,21 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
     drop(permit);
     if !ok {
         tracing::info!(peer = %s.peer, user = %name, "login failed");
-        tokio::time::sleep(FAIL_DELAY).await;
+        let delay = s.shared.throttle.failed(addr, &name, Instant::now());
+        tokio::time::sleep(delay).await;
         return Err(OpError::new(
             ErrorCode::AuthFailed,
             "unknown user or wrong password",
         ));
     }
+    s.shared.throttle.succeeded(addr, &name);
+    let max = s.shared.config.max_sessions_per_user;
+    let slot = SessionCount::take(&s.shared.sessions, &name, max).map_err(|open| {
+        OpError::new(
+            ErrorCode::Busy,
+            format!("{name} already has {open} sessions open (the most allowed); close one"),
+        )
+    })?;
     let shared = Arc::clone(&s.shared);
     let n = name.clone();
     let user = blocking(move || {
@@ -71,6 +91,7 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
             home: Arc::new(home),
             partials: Arc::new(partials),
             usage,
+            slot,
         })
     })
     .await?;

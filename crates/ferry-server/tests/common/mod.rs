@@ -140,6 +140,22 @@ impl Client {
         }
     }
 
+    /// Connects from a chosen loopback address (e.g. 127.0.0.2), to look like another host.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client {
+            stream,
+            rbuf: BytesMut::new(),
+            dec: FrameDecoder::new(u32::MAX),
+            next_id: 1,
+        }
+    }
+
     pub async fn write_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }

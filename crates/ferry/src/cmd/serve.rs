@@ -39,6 +39,15 @@ pub struct Args {
     /// Async worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Sessions one user may have logged in at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions_per_user: usize,
+    /// Failed logins in a row (per address, and per user) before a lockout.
+    #[arg(long, default_value_t = 10)]
+    pub lockout_after: u32,
+    /// How long a lockout lasts (e.g. 300, 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub lockout_time: Duration,
     /// Serve plain TCP instead of TLS (for the course's Python client); loopback only unless
     /// --allow-plain-remote.
     #[arg(long, env = "FERRY_PLAIN", value_parser = clap::builder::BoolishValueParser::new())]
@@ -99,6 +108,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.frame_timeout = args.frame_timeout;
     config.grace = args.grace;
     config.partial_max_age = args.partial_max_age;
+    config.max_sessions_per_user = args.max_sessions_per_user.max(1);
+    config.throttle.lockout_after = args.lockout_after.max(1);
+    config.throttle.lockout = args.lockout_time;
     if !args.plain {
         let tls = ferry_server::tls::load_or_create(
             &args.root.join("tls"),

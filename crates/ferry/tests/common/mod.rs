@@ -21,6 +21,9 @@ pub struct Server {
     pub config: tempfile::TempDir,
     /// Whether the server speaks plain TCP (`--plain`) rather than TLS.
     pub plain: bool,
+    /// Everything the server wrote on stderr (its log), at debug level.
+    pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
     child: Child,
 }
 
@@ -45,14 +48,16 @@ impl Server {
 
     pub fn start_on(root: tempfile::TempDir, extra: &[&str]) -> Server {
         let plain = extra.contains(&"--plain");
+        let log_dir = tempfile::tempdir().expect("temp log dir");
+        let log = log_dir.path().join("server.log");
         let mut child = Command::new(BIN)
             .args(["serve", "--root"])
             .arg(root.path())
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("FERRY_LOG", "warn")
+            .env("FERRY_LOG", "debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawning ferry serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -78,6 +83,8 @@ impl Server {
             addr,
             config: tempfile::tempdir().expect("temp config dir"),
             plain,
+            log,
+            _log_dir: log_dir,
             child,
         }
     }
