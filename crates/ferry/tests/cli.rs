@@ -422,3 +422,138 @@ fn passwords_never_reach_the_server_log() {
     assert!(!log.contains("a-wrong-secret"), "{log}");
     assert!(!log.contains("pw-leo"), "{log}");
 }
+
+/// A fake server that answers a `get -r` with a listing that tries to climb out of the
+/// download directory.
+fn malicious_server() -> std::net::SocketAddr {
+    use bytes::BytesMut;
+    use ferry_proto::{Entry, EntryKind, FrameDecoder, FrameEvent, Reply, ReplyFrame, Request};
+    use ferry_proto::{RequestFrame, WireError};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut dec = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let file = |name: &str, size| Entry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size,
+            mtime: 0,
+            hash: None,
+        };
+        loop {
+            let header = loop {
+                if let Some(FrameEvent::Header(h)) = dec.decode(&mut buf).unwrap() {
+                    break h;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = sock.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let req = RequestFrame::from_header(header, &Default::default()).unwrap();
+            let (reply, body): (Result<Reply, WireError>, &[u8]) = match req.request {
+                Request::Hello { .. } => (
+                    Ok(Reply::Hello {
+                        version: 1,
+                        features: vec![],
+                        server: "evil".into(),
+                        peer: String::new(),
+                        max_header: 65536,
+                    }),
+                    b"",
+                ),
+                Request::Login { user, .. } => (
+                    Ok(Reply::Login {
+                        user,
+                        cwd: "/".into(),
+                    }),
+                    b"",
+                ),
+                Request::Stat { .. } => (
+                    Ok(Reply::Stat(Entry {
+                        name: "/d".into(),
+                        kind: EntryKind::Dir,
+                        size: 0,
+                        mtime: 0,
+                        hash: None,
+                    })),
+                    b"",
+                ),
+                Request::Ls { .. } => (
+                    Ok(Reply::Ls {
+                        path: "/d".into(),
+                        entries: vec![
+                            file("../escaped.txt", 4),
+                            file("/etc/evil", 4),
+                            file("..", 4),
+                            file("ok.txt", 2),
+                        ],
+                    }),
+                    b"",
+                ),
+                // Any file is served (so a client that followed `../escaped.txt` would write
+                // it), except the absolute one, which would land in the real /etc.
+                Request::Get { path, .. } if !path.contains("etc") => (
+                    Ok(Reply::Get {
+                        path,
+                        size: 2,
+                        offset: 0,
+                        mtime: 0,
+                        hash: Digest::of(HashAlgo::Blake3, b"ok"),
+                    }),
+                    b"ok",
+                ),
+                Request::Quit => (Ok(Reply::Quit), b""),
+                other => (
+                    Err(WireError::new(
+                        ferry_proto::ErrorCode::NotFound,
+                        format!("{other:?}"),
+                    )),
+                    b"",
+                ),
+            };
+            let frame = match reply {
+                Ok(r) => ReplyFrame::ok(req.id, r),
+                Err(e) => ReplyFrame::err(req.id, e),
+            };
+            let mut out = BytesMut::new();
+            frame.encode(1 << 24, &mut out).unwrap();
+            out.extend_from_slice(body);
+            if sock.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_malicious_listing_cannot_make_get_write_outside_the_target() {
+    let addr = malicious_server();
+    let outer = tempfile::tempdir().unwrap();
+    let target = outer.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let out = run(std::process::Command::new(common::BIN)
+        .args(["get", "-r", "--json", "d"])
+        .arg(&target)
+        .env("FERRY_SERVER", addr.to_string())
+        .env("FERRY_USER", "x")
+        .env("FERRY_PASSWORD", "x")
+        .env("FERRY_PLAIN", "1"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("unsafe name"), "{stdout}");
+    assert_eq!(fs::read(target.join("d/ok.txt")).unwrap(), b"ok");
+    assert!(!outer.path().join("escaped.txt").exists());
+    assert!(!target.join("escaped.txt").exists());
+    let names: Vec<_> = fs::read_dir(outer.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["target"]);
+}

@@ -37,6 +37,14 @@ pub struct GetArgs {
     pub output: Output,
 }
 
+/// `name` if it is one plain path component: not empty, `.` or `..`, and free of separators
+/// and NUL, so joining it to a local directory stays inside that directory.
+pub fn safe_local_name(name: &str) -> Option<&str> {
+    let plain =
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    plain.then_some(name)
+}
+
 pub fn parse_algo(s: &str) -> Result<HashAlgo, String> {
     s.parse().map_err(|e| format!("{e}"))
 }
@@ -114,7 +122,22 @@ pub async fn get_paths(
     let mut sizes = Vec::new();
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
     for (remote, stat) in remotes.iter().zip(stats) {
-        let local = local_dir.join(remote_basename(remote));
+        // Named after the path the server resolved (`docs/..` is the home's root, not `..`).
+        let name = match &stat {
+            Ok(Reply::Stat(e)) => remote_basename(&e.name).to_owned(),
+            _ => remote_basename(remote).to_owned(),
+        };
+        let Some(name) = safe_local_name(&name) else {
+            fail(
+                remote,
+                ClientError::Local(format!(
+                    "{remote}: has no name to save it under here; get what is inside it instead"
+                )),
+                &mut report,
+            );
+            continue;
+        };
+        let local = local_dir.join(name);
         match stat {
             Ok(Reply::Stat(e)) if e.kind == EntryKind::Dir => {
                 if recursive {
@@ -167,8 +190,21 @@ pub async fn get_paths(
             match listing {
                 Ok(Reply::Ls { entries, .. }) => {
                     for e in entries {
-                        let r = remote_join(remote, &e.name);
-                        let l = local.join(&e.name);
+                        // A listing comes from the server: a name that could climb out of the
+                        // target directory is refused, whatever the server meant by it.
+                        let Some(name) = safe_local_name(&e.name) else {
+                            fail(
+                                remote,
+                                ClientError::Unexpected(format!(
+                                    "server listed an unsafe name {:?} in {remote}; skipped",
+                                    e.name
+                                )),
+                                &mut report,
+                            );
+                            continue;
+                        };
+                        let r = remote_join(remote, name);
+                        let l = local.join(name);
                         match e.kind {
                             EntryKind::Dir => next.push((r, l)),
                             EntryKind::File => {
