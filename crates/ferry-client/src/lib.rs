@@ -8,10 +8,12 @@
 //! - `transfer.rs`: [`Client::put_files`] and [`Client::get_files`], which pipeline many files
 //!   over one connection, verify every byte against the hash of record, and resume.
 //! - `conn.rs`: the framed reader and writer halves over the socket (sendfile for uploads).
+//! - `bench.rs`: [`Client::bench`], memory-to-memory throughput like iperf3.
 //! - [`tls`]: TLS with certificates verified against the system roots or `--ca`, or trusted on
 //!   first use and pinned by fingerprint in a known-hosts file.
 //! - [`Progress`]: hooks the CLI uses to draw progress bars; the library prints nothing.
 
+mod bench;
 mod client;
 mod conn;
 mod error;
@@ -19,6 +21,7 @@ mod progress;
 pub mod tls;
 mod transfer;
 
+pub use bench::{BENCH_CHUNK, BenchSample};
 pub use client::{Client, ConnectOptions, ServerHello};
 pub use error::{ClientError, Result};
 pub use progress::{NoProgress, Progress};

@@ -127,8 +127,19 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         algo: Option<HashAlgo>,
     },
+    /// Memory-to-memory throughput: with `download`, the server answers with `size` bytes of
+    /// filler; without, the request carries `size` bytes the server reads and drops. No disk,
+    /// no hashing, so it measures the network and the two endpoints' IO paths alone.
+    Bench {
+        size: u64,
+        #[serde(default, skip_serializing_if = "is_false")]
+        download: bool,
+    },
     Quit,
 }
+
+/// Largest `size` one `bench` request may move; longer runs send several.
+pub const BENCH_MAX: u64 = 1 << 30;
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -140,9 +151,9 @@ fn is_zero(n: &u64) -> bool {
 
 impl Request {
     /// Every op this version knows, as written on the wire.
-    pub const OPS: [&'static str; 13] = [
+    pub const OPS: [&'static str; 14] = [
         "hello", "login", "pwd", "cd", "ls", "stat", "mkdir", "rm", "mv", "put", "resume", "get",
-        "quit",
+        "bench", "quit",
     ];
 
     pub fn op(&self) -> &'static str {
@@ -159,6 +170,7 @@ impl Request {
             Request::Put { .. } => "put",
             Request::Resume { .. } => "resume",
             Request::Get { .. } => "get",
+            Request::Bench { .. } => "bench",
             Request::Quit => "quit",
         }
     }
@@ -183,6 +195,22 @@ impl Request {
                         "put of size {size} from offset {offset} must carry {} body bytes, \
                          declared {body_len}",
                         size - offset
+                    )));
+                }
+                Ok(())
+            }
+            Request::Bench { size, .. } if *size > BENCH_MAX => Err(ProtoError::TooLarge {
+                size: *size,
+                max: BENCH_MAX,
+            }),
+            Request::Bench {
+                size,
+                download: false,
+            } => {
+                if body_len != *size {
+                    return Err(ProtoError::BodyMismatch(format!(
+                        "an upload bench of {size} bytes must carry {size} body bytes, \
+                         declared {body_len}"
                     )));
                 }
                 Ok(())
@@ -374,6 +402,12 @@ pub enum Reply {
         mtime: i64,
         hash: Digest,
     },
+    /// A `bench` done: with `download`, the body carries `size` bytes of filler.
+    Bench {
+        size: u64,
+        #[serde(default, skip_serializing_if = "is_false")]
+        download: bool,
+    },
     Quit,
 }
 
@@ -392,6 +426,7 @@ impl Reply {
             Reply::Put { .. } => "put",
             Reply::Resume { .. } => "resume",
             Reply::Get { .. } => "get",
+            Reply::Bench { .. } => "bench",
             Reply::Quit => "quit",
         }
     }
@@ -400,6 +435,10 @@ impl Reply {
     pub fn expected_body(&self) -> u64 {
         match self {
             Reply::Get { size, offset, .. } => size.saturating_sub(*offset),
+            Reply::Bench {
+                size,
+                download: true,
+            } => *size,
             _ => 0,
         }
     }

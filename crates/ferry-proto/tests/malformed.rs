@@ -695,3 +695,32 @@ fn next_frame_decodes_after_a_non_fatal_rejection() {
         }
     }
 }
+
+#[test]
+fn bench_sizes_and_bodies_are_checked() {
+    use ferry_proto::{BENCH_MAX, Limits, ProtoError, Request};
+    let limits = Limits::default();
+    let upload = |size| Request::Bench {
+        size,
+        download: false,
+    };
+    let download = |size| Request::Bench {
+        size,
+        download: true,
+    };
+    assert_eq!(upload(10).check_body(10, &limits), Ok(()));
+    assert!(matches!(
+        upload(10).check_body(9, &limits),
+        Err(ProtoError::BodyMismatch(_))
+    ));
+    assert_eq!(download(10).check_body(0, &limits), Ok(()));
+    assert!(matches!(
+        download(10).check_body(10, &limits),
+        Err(ProtoError::BodyMismatch(_))
+    ));
+    assert!(matches!(
+        download(BENCH_MAX + 1).check_body(0, &limits),
+        Err(ProtoError::TooLarge { .. })
+    ));
+    assert_eq!(download(BENCH_MAX).check_body(0, &limits), Ok(()));
+}

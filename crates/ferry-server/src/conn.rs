@@ -317,6 +317,27 @@ impl Conn {
         Ok(())
     }
 
+    /// Flushes the replies, then sends `len` filler bytes from memory (the `bench` body).
+    pub async fn send_filler(&mut self, len: u64) -> Result<(), ConnError> {
+        /// Zeros, shared by every bench: nothing is allocated per request.
+        static FILLER: [u8; 256 * 1024] = [0; 256 * 1024];
+        self.flush().await?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(FILLER.len() as u64) as usize;
+            match timeout(self.frame_timeout, self.stream.write_all(&FILLER[..n])).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ConnError::Timeout("sending a bench body")),
+            }
+            left -= n as u64;
+        }
+        match timeout(self.frame_timeout, self.stream.flush()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ConnError::Timeout("sending a bench body")),
+        }
+        Ok(())
+    }
+
     async fn copy_file(&mut self, file: &File, mut off: u64, end: u64) -> Result<(), ConnError> {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; self.io_buffer];

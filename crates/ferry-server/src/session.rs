@@ -243,6 +243,22 @@ impl Session {
                     Err(e) => Err(e),
                 }
             }
+            Request::Bench {
+                size,
+                download: true,
+            } => {
+                if conn.queue(&ReplyFrame::ok(id, ops::bench::reply(size, true))) {
+                    conn.send_filler(size).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+            Request::Bench {
+                size,
+                download: false,
+            } => {
+                conn.discard_body().await?;
+                Ok(ops::bench::reply(size, false))
+            }
             Request::Quit => {
                 conn.queue(&ReplyFrame::ok(id, ops::quit::run()));
                 return Ok(Flow::Close);

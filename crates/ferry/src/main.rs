@@ -43,6 +43,8 @@ enum Command {
     Pwd(cmd::client::PwdArgs),
     /// An interactive session, like sftp's prompt.
     Shell(cmd::client::ShellArgs),
+    /// Memory-to-memory throughput against a server, like iperf3.
+    Bench(cmd::bench::Args),
     /// The course's UDP echo server, its client, and a loss/RTT ping.
     #[command(subcommand)]
     Udp(cmd::udp::Command),
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Mv(a) => cmd::client::mv(a),
         Command::Pwd(a) => cmd::client::pwd(a),
         Command::Shell(a) => cmd::client::shell(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Udp(c) => cmd::udp::run(c),
         Command::Demo(c) => cmd::demo::run(c),
     };

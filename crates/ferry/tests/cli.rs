@@ -557,3 +557,35 @@ fn a_malicious_listing_cannot_make_get_write_outside_the_target() {
         .collect();
     assert_eq!(names, ["target"]);
 }
+
+#[test]
+fn bench_measures_both_directions_memory_to_memory() {
+    for plain in [false, true] {
+        let srv = if plain {
+            Server::start_plain(&["mia"])
+        } else {
+            Server::start(&["mia"])
+        };
+        for reverse in [false, true] {
+            let mut cmd = srv.ferry("mia");
+            cmd.args(["bench", "--seconds", "0.3", "--json"]);
+            if reverse {
+                cmd.arg("--reverse");
+            }
+            let out = json(&mut cmd);
+            assert_eq!(
+                out["direction"],
+                if reverse { "download" } else { "upload" }
+            );
+            assert_eq!(out["transport"], if plain { "plain TCP" } else { "TLS" });
+            assert!(out["bytes"].as_u64().unwrap() >= 64 << 20, "{out}");
+            assert!(out["bits_per_second"].as_f64().unwrap() > 0.0, "{out}");
+        }
+        // Nothing touched the disk.
+        assert_eq!(fs::read_dir(srv.home("mia")).unwrap().count(), 0);
+    }
+    let srv = Server::start(&["mia"]);
+    let out = run(srv.ferry("mia").args(["bench", "--seconds", "0"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seconds"));
+}

@@ -1,6 +1,7 @@
 //! One module per command. Each exposes clap argument types and a `run`-style function
 //! returning the process exit code.
 
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod serve;
