@@ -589,3 +589,47 @@ fn bench_measures_both_directions_memory_to_memory() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--seconds"));
 }
+
+#[test]
+fn progress_bars_show_on_a_terminal_and_hide_otherwise() {
+    let srv = Server::start(&["nina"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("progress.bin");
+    write(&file, &bytes(9, 4 * 1024 * 1024));
+    // Slow enough (about 0.6 s) for the bars to be drawn a few times.
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let mut on_tty = srv.ferry_at(&proxy.addr.to_string(), "nina");
+    // script(1) gives the client a terminal; its output is what the terminal showed.
+    on_tty.args([
+        "-qec",
+        &format!("{} put {}", common::BIN, file.display()),
+        "/dev/null",
+    ]);
+    let mut script = std::process::Command::new("script");
+    for (k, v) in on_tty.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    script.args(on_tty.get_args());
+    let out = run(&mut script);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("progress.bin") && shown.contains("MiB"),
+        "{shown}"
+    );
+
+    // Not a terminal: only the one-line summary.
+    let out = run(srv
+        .ferry_at(&proxy.addr.to_string(), "nina")
+        .args(["put", "-f"])
+        .arg(&file));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("ETA") && err.contains("put: 1 file(s)"),
+        "{err}"
+    );
+}
