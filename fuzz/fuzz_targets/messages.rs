@@ -21,7 +21,7 @@
 
 use bytes::{BufMut, BytesMut};
 use ferry_proto::{
-    ErrorCode, FrameDecoder, FrameEvent, HashAlgo, Header, Limits, ReplyFrame, Request,
+    BENCH_MAX, ErrorCode, FrameDecoder, FrameEvent, HashAlgo, Header, Limits, ReplyFrame, Request,
     RequestFrame,
 };
 use libfuzzer_sys::arbitrary::{Result as AResult, Unstructured};
@@ -93,6 +93,11 @@ fn check_header(h: Header, limits: &Limits) {
                 Request::Resume { size, .. } => {
                     assert!(*size <= limits.max_file_size);
                     assert_eq!(frame.body_len, 0);
+                }
+                Request::Bench { size, download } => {
+                    assert!(*size <= BENCH_MAX, "bench size over the limit");
+                    let want = if *download { 0 } else { *size };
+                    assert_eq!(frame.body_len, want, "bench body_len");
                 }
                 _ => assert_eq!(frame.body_len, 0, "{} carries no body", frame.request.op()),
             }
@@ -275,7 +280,9 @@ fn typed_value(u: &mut Unstructured, key: &str) -> AResult<Value> {
     Ok(match key {
         "size" | "offset" | "body_len" | "id" | "max_header" | "version" => number(u)?,
         "mtime" => Value::from(u.arbitrary::<i64>()?),
-        "overwrite" | "parents" | "recursive" | "ok" => Value::from(u.arbitrary::<bool>()?),
+        "overwrite" | "parents" | "recursive" | "ok" | "download" => {
+            Value::from(u.arbitrary::<bool>()?)
+        }
         "hash" => Value::from(digest(u)?),
         "algo" => Value::from(
             [HashAlgo::Blake3, HashAlgo::Sha256, HashAlgo::Md5][u.choose_index(3)?].name(),
@@ -325,6 +332,8 @@ fn number(u: &mut Unstructured) -> AResult<Value> {
         (1 << 40) + 1,
         i64::MAX as u64,
         i64::MAX as u64 + 1,
+        1 << 30,
+        (1 << 30) + 1,
         u64::MAX - 1,
         u64::MAX,
     ];
