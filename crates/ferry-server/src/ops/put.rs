@@ -191,7 +191,13 @@ fn write_partial(
         hashers.push(Hasher::new(HashAlgo::Blake3));
     }
     // The held prefix is hashed first (it was not necessarily written by this connection).
-    let mut buf = vec![0u8; 1 << 20];
+    // Only a resume needs the buffer: allocating (and zeroing) it for every put was a quarter
+    // of the server's CPU when uploading many small files.
+    let mut buf = if offset > 0 {
+        vec![0u8; (offset as usize).min(1 << 20)]
+    } else {
+        Vec::new()
+    };
     let mut pos = 0u64;
     while pos < offset {
         let want = ((offset - pos) as usize).min(buf.len());
