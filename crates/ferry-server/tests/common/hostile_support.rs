@@ -28,20 +28,29 @@ pub const HELLO: &[u8] = br#"{"id":1,"op":"hello","version":1,"features":["pipel
 
 /// Hashes every entry below `dir` (not following symlinks), skipping the `skip` paths (and
 /// what is below them): relative path → `dir`, `link:<target>` or `file:<mode>:<blake3>`.
+/// Iterative, so a very deep tree cannot overflow the test's stack; directories whose paths
+/// are too long to open by path (deeper than PATH_MAX) are listed but not entered.
 pub fn tree_hash(dir: &Path, skip: &[PathBuf]) -> BTreeMap<String, String> {
     use std::os::unix::fs::PermissionsExt;
-    fn walk(base: &Path, d: &Path, skip: &[PathBuf], out: &mut BTreeMap<String, String>) {
-        let Ok(rd) = std::fs::read_dir(d) else { return };
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if skip.iter().any(|s| p.starts_with(s)) {
                 continue;
             }
-            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                out.insert(rel, "unreadable".to_owned());
+                continue;
+            };
             let ft = meta.file_type();
             let v = if ft.is_dir() {
-                walk(base, &p, skip, out);
+                stack.push(p.clone());
                 format!("dir:{:o}", meta.permissions().mode())
             } else if ft.is_symlink() {
                 format!("link:{}", std::fs::read_link(&p).unwrap().display())
@@ -58,8 +67,6 @@ pub fn tree_hash(dir: &Path, skip: &[PathBuf]) -> BTreeMap<String, String> {
             out.insert(rel, v);
         }
     }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, skip, &mut out);
     out
 }
 
@@ -246,4 +253,32 @@ pub async fn raw_call(c: &mut Client, header: &[u8], body: &[u8], id: u64) -> Op
         String::from_utf8_lossy(header)
     );
     f.result.err().map(|e| e.code)
+}
+
+/// Removes `dir` and everything below it without recursion and without long paths: each
+/// subdirectory is first renamed to a shallow name beside `dir`, so a tree deeper than
+/// PATH_MAX (which `std::fs::remove_dir_all`, and so `TempDir`'s drop, would recurse into and
+/// overflow the stack on) goes away level by level.
+pub fn remove_deep(dir: &Path) {
+    let park = dir.with_file_name(format!(
+        "{}.parked",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&park).unwrap();
+    let mut n = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                let to = park.join(n.to_string());
+                n += 1;
+                std::fs::rename(e.path(), &to).unwrap();
+                stack.push(to);
+            } else {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        std::fs::remove_dir(&d).unwrap();
+    }
+    std::fs::remove_dir_all(&park).unwrap();
 }
