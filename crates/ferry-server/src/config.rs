@@ -50,7 +50,7 @@ impl ServerConfig {
             io_buffer: 256 * 1024,
             server_name: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_owned(),
             throttle: crate::throttle::ThrottlePolicy::default(),
-            max_sessions_per_user: 64,
+            max_sessions_per_user: 256,
             tls: None,
         }
     }

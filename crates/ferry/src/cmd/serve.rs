@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Sessions one user may have logged in at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub max_sessions_per_user: usize,
     /// Failed logins in a row (per address, and per user) before a lockout.
     #[arg(long, default_value_t = 10)]
