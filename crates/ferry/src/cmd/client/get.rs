@@ -8,10 +8,7 @@ use ferry_client::{Client, ClientError, GetItem, GetOptions};
 use ferry_proto::{EntryKind, HashAlgo, Reply, Request};
 
 use super::progress::Bars;
-use super::put::human_bytes;
-use super::{
-    Output, Remote, block_on, error_json, exit_for_failures, remote_basename, remote_join,
-};
+use super::{Output, Remote, block_on, error_json, finish_transfer, remote_basename, remote_join};
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
@@ -103,7 +100,7 @@ pub async fn get_paths(
             ClientError::Local(format!("{}: no such local directory", local_dir.display())),
             &mut report,
         );
-        return finish(report, 0, 0, started, output, first_failure);
+        return finish_transfer("get", report, 0, 0, started, output, first_failure);
     }
 
     // What each top-level path is, in one round trip.
@@ -268,29 +265,5 @@ pub async fn get_paths(
             Err(e) => fail(&item.remote, e, &mut report),
         }
     }
-    finish(report, files, bytes, started, output, first_failure)
-}
-
-fn finish(
-    report: Vec<serde_json::Value>,
-    files: u64,
-    bytes: u64,
-    started: Instant,
-    output: Output,
-    first_failure: Option<ClientError>,
-) -> anyhow::Result<ExitCode> {
-    let seconds = started.elapsed().as_secs_f64();
-    if output.json {
-        println!(
-            "{}",
-            serde_json::json!({"files": report, "downloaded": files, "bytes": bytes, "seconds": seconds})
-        );
-    } else if !output.quiet {
-        eprintln!(
-            "get: {files} file(s), {} in {seconds:.2} s ({}/s), verified",
-            human_bytes(bytes),
-            human_bytes((bytes as f64 / seconds.max(1e-6)) as u64)
-        );
-    }
-    Ok(exit_for_failures(first_failure.as_ref()))
+    finish_transfer("get", report, files, bytes, started, output, first_failure)
 }

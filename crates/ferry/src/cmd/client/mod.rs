@@ -155,3 +155,50 @@ pub fn exit_for_failures(first: Option<&ClientError>) -> ExitCode {
         Some(e) => ExitCode::from(super::exit_code_for_client(e)),
     }
 }
+
+/// Reports a transfer of many files: one JSON document with `--json`, else a summary line on
+/// stderr (unless `--quiet`). The exit code is that of the first failure.
+pub fn finish_transfer(
+    verb: &str,
+    report: Vec<serde_json::Value>,
+    files: u64,
+    bytes: u64,
+    started: std::time::Instant,
+    output: Output,
+    first_failure: Option<ClientError>,
+) -> anyhow::Result<ExitCode> {
+    let seconds = started.elapsed().as_secs_f64();
+    if output.json {
+        let count = if verb == "put" {
+            "uploaded"
+        } else {
+            "downloaded"
+        };
+        println!(
+            "{}",
+            serde_json::json!({"files": report, count: files, "bytes": bytes, "seconds": seconds})
+        );
+    } else if !output.quiet {
+        eprintln!(
+            "{verb}: {files} file(s), {} in {seconds:.2} s ({}/s), verified",
+            human_bytes(bytes),
+            human_bytes((bytes as f64 / seconds.max(1e-6)) as u64)
+        );
+    }
+    Ok(exit_for_failures(first_failure.as_ref()))
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -8,7 +8,7 @@ use ferry_client::{ClientError, PutItem, PutOptions};
 use ferry_proto::{ErrorCode, Request};
 
 use super::progress::Bars;
-use super::{Output, Remote, block_on, error_json, exit_for_failures, remote_join};
+use super::{Output, Remote, block_on, error_json, finish_transfer, remote_join};
 
 #[derive(Debug, clap::Args)]
 pub struct PutArgs {
@@ -132,20 +132,7 @@ pub async fn put_paths(
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    if output.json {
-        println!(
-            "{}",
-            serde_json::json!({"files": report, "uploaded": files, "bytes": bytes, "seconds": seconds})
-        );
-    } else if !output.quiet {
-        eprintln!(
-            "put: {files} file(s), {} in {seconds:.2} s ({}/s), verified",
-            human_bytes(bytes),
-            human_bytes((bytes as f64 / seconds.max(1e-6)) as u64)
-        );
-    }
-    Ok(exit_for_failures(first_failure.as_ref()))
+    finish_transfer("put", report, files, bytes, started, output, first_failure)
 }
 
 /// What a `put` will do: remote directories to create, then files to send.
@@ -229,20 +216,5 @@ impl Plan {
     fn fail(&mut self, path: &Path, why: String) {
         self.local_errors
             .push((path.to_path_buf(), ClientError::Local(why)));
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }
