@@ -23,5 +23,6 @@ pub use digest::{Digest, HashAlgo, Hasher};
 pub use error::{ErrorCode, ProtoError, WireError};
 pub use frame::{FrameDecoder, FrameEvent, Header, LENGTH_PREFIX};
 pub use message::{
-    BENCH_MAX, Entry, EntryKind, Limits, PROTOCOL_VERSION, Reply, ReplyFrame, Request, RequestFrame,
+    BENCH_MAX, Entry, EntryKind, Limits, PROTOCOL_VERSION, Rejected, Reply, ReplyFrame, Request,
+    RequestFrame,
 };

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub throttle: crate::throttle::ThrottlePolicy,
     /// Sessions one user may have logged in at once; one more login is answered `busy`.
     pub max_sessions_per_user: usize,
+    /// A user's measured disk usage is reused by logins within this long of the measurement
+    /// once no session holds it (see `quota::REMEASURE_AFTER`).
+    pub remeasure_after: Duration,
     /// TLS settings; `None` serves plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
@@ -48,6 +51,7 @@ impl ServerConfig {
             sweep_interval: Duration::from_secs(600),
             limits: Limits::default(),
             io_buffer: 256 * 1024,
+            remeasure_after: crate::quota::REMEASURE_AFTER,
             server_name: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_owned(),
             throttle: crate::throttle::ThrottlePolicy::default(),
             max_sessions_per_user: 256,

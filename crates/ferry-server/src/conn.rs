@@ -220,6 +220,51 @@ impl Conn {
         }
     }
 
+    /// The next request header if it is already buffered; never reads from the socket. Lets
+    /// the session gather a run of pipelined requests into one batch.
+    pub fn buffered_header(&mut self) -> Result<Option<Header>, ConnError> {
+        if self.decoder.body_remaining() > 0 {
+            return Ok(None);
+        }
+        match self.decoder.decode(&mut self.rbuf)? {
+            Some(FrameEvent::Header(h)) => Ok(Some(h)),
+            Some(FrameEvent::Body(_)) => unreachable!("no body is pending"),
+            None => Ok(None),
+        }
+    }
+
+    /// The whole body of the current request if all of it is buffered already.
+    pub fn buffered_body(&mut self) -> Result<Option<Bytes>, ConnError> {
+        let want = self.decoder.body_remaining();
+        if want == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        if (self.rbuf.len() as u64) < want {
+            return Ok(None);
+        }
+        match self.decoder.decode(&mut self.rbuf)? {
+            Some(FrameEvent::Body(b)) if b.len() as u64 == want => Ok(Some(b)),
+            _ => unreachable!("a buffered body comes out whole"),
+        }
+    }
+
+    /// Reads the whole body of the current request into memory. The caller bounds its size.
+    pub async fn whole_body(&mut self) -> Result<Bytes, ConnError> {
+        let want = self.decoder.body_remaining() as usize;
+        let Some(first) = self.next_body_chunk().await? else {
+            return Ok(Bytes::new());
+        };
+        if first.len() == want {
+            return Ok(first);
+        }
+        let mut body = BytesMut::with_capacity(want);
+        body.extend_from_slice(&first);
+        while let Some(chunk) = self.next_body_chunk().await? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
     /// Reads and drops whatever is left of the current request's body.
     pub async fn discard_body(&mut self) -> Result<(), ConnError> {
         while self.next_body_chunk().await?.is_some() {}
@@ -241,6 +286,16 @@ impl Conn {
                 false
             }
         }
+    }
+
+    /// Queues body bytes behind the reply just queued.
+    pub fn queue_body(&mut self, body: &[u8]) {
+        self.wbuf.extend_from_slice(body);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.wbuf.len()
     }
 
     /// Queues an error with id 0 (fatal errors, timeouts, busy).

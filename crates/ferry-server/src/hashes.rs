@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_proto::{Digest, HashAlgo, Hasher};
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,10 @@ impl Record {
 pub struct HashStore {
     root: DataRoot,
     mem: Mutex<HashMap<(String, u64), Record>>,
+    /// Temp names for atomic writes: a per-process random prefix and a counter (no getpid
+    /// or getrandom call per record).
+    tmp_prefix: u64,
+    tmp_seq: AtomicU64,
 }
 
 impl HashStore {
@@ -81,6 +86,8 @@ impl HashStore {
         HashStore {
             root,
             mem: Mutex::new(HashMap::new()),
+            tmp_prefix: rand::random(),
+            tmp_seq: AtomicU64::new(0),
         }
     }
 
@@ -117,7 +124,18 @@ impl HashStore {
 
     /// Records digests for this version of the file, replacing a record of another version.
     pub fn record(&self, user: &str, stamp: &FileStamp, digests: &[Digest]) {
-        let mut rec = self.load(user, stamp).unwrap_or_else(|| Record {
+        let rec = self.load(user, stamp);
+        self.put(user, stamp, rec, digests);
+    }
+
+    /// Records the digests of a version just written (an upload): nothing on record can be
+    /// about it, so nothing is read first.
+    pub fn record_new(&self, user: &str, stamp: &FileStamp, digests: &[Digest]) {
+        self.put(user, stamp, None, digests);
+    }
+
+    fn put(&self, user: &str, stamp: &FileStamp, rec: Option<Record>, digests: &[Digest]) {
+        let mut rec = rec.unwrap_or_else(|| Record {
             size: stamp.size,
             mtime: stamp.mtime,
             mtime_nsec: stamp.mtime_nsec,
@@ -146,9 +164,9 @@ impl HashStore {
     fn store(&self, user: &str, ino: u64, rec: &Record) -> io::Result<()> {
         let dest = self.path(user, ino);
         let tmp = self.root.tmp_dir().join(format!(
-            ".hash.{}.{}",
-            std::process::id(),
-            rand::random::<u64>()
+            ".hash.{:016x}.{}",
+            self.tmp_prefix,
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
         let res = (|| {
             let mut f = fs::File::create(&tmp)?;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Bytes and files in use (or reserved).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,15 +123,21 @@ impl Drop for Reservation {
     }
 }
 
+/// How long a measurement of a home is trusted once no session uses it. Within this a new
+/// login reuses it instead of walking the home again (a client that connects once per
+/// command would otherwise pay a walk of every file per command); after it the next login
+/// measures the disk again, picking up changes made by hand while the user was away.
+pub const REMEASURE_AFTER: Duration = Duration::from_secs(60);
+
 /// Every user's [`UserUsage`], created on first need.
 #[derive(Debug, Default)]
 pub struct QuotaBook {
-    users: Mutex<HashMap<String, Arc<UserUsage>>>,
+    users: Mutex<HashMap<String, (Arc<UserUsage>, Instant)>>,
 }
 
 impl QuotaBook {
     pub fn get(&self, user: &str) -> Option<Arc<UserUsage>> {
-        self.users.lock().unwrap().get(user).cloned()
+        self.users.lock().unwrap().get(user).map(|(u, _)| u.clone())
     }
 
     /// The user's usage, computing it with `init` if this is the first need. If two callers
@@ -140,16 +147,20 @@ impl QuotaBook {
             .lock()
             .unwrap()
             .entry(user.to_owned())
-            .or_insert_with(|| Arc::new(UserUsage::new(initial)))
+            .or_insert_with(|| (Arc::new(UserUsage::new(initial)), Instant::now()))
+            .0
             .clone()
     }
 
-    /// Drops the user's accountant if no session holds it, so the next login measures the
-    /// disk again and picks up changes made while the user was away (files placed or removed
-    /// by hand, `ferry user del --purge` and re-add).
-    pub fn forget_if_unused(&self, user: &str) {
+    /// Drops the user's accountant if no session holds it and it was measured longer than
+    /// `max_age` ago, so the next login measures the disk again (files placed or removed by
+    /// hand, `ferry user del --purge` and re-add).
+    pub fn forget_if_stale(&self, user: &str, max_age: Duration) {
         let mut users = self.users.lock().unwrap();
-        if users.get(user).is_some_and(|u| Arc::strong_count(u) == 1) {
+        if users
+            .get(user)
+            .is_some_and(|(u, at)| Arc::strong_count(u) == 1 && at.elapsed() >= max_age)
+        {
             users.remove(user);
         }
     }

@@ -7,19 +7,30 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
-use ferry_proto::{Digest, ErrorCode, ProtoError, ReplyFrame, Request, RequestFrame, WireError};
+use ferry_proto::{
+    Digest, ErrorCode, Limits, ProtoError, Rejected, ReplyFrame, Request, RequestFrame, WireError,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::conn::{Conn, ConnError, Stream};
 use crate::hashes::HashStore;
 use crate::home::{Home, VPath};
-use crate::ops::{self, OpError};
+use crate::ops::get::Body;
+use crate::ops::{self, OpError, batch};
 use crate::quota::{QuotaBook, UserUsage};
 use crate::root::DataRoot;
 use crate::throttle::{LoginThrottle, SessionCount, SessionSlot};
 use crate::users::UserStore;
+
+/// A request frame read but not yet handled: the one that ended a batch.
+pub type Parsed = Result<RequestFrame, Rejected>;
+
+/// Replies queued past this are written out after a batch, so a long pipelined run of
+/// downloads does not pile up in memory.
+const FLUSH_AT: usize = 256 * 1024;
 
 /// State shared by every connection.
 #[derive(Debug)]
@@ -112,6 +123,16 @@ pub struct User {
     pub slot: SessionSlot,
 }
 
+/// What blocking file-system work needs of a logged-in user: cheap to clone and `Send`.
+#[derive(Debug, Clone)]
+pub struct UserFs {
+    pub shared: Arc<Shared>,
+    pub name: String,
+    pub home: Arc<Home>,
+    pub partials: Arc<Dir>,
+    pub usage: Arc<UserUsage>,
+}
+
 #[derive(Debug)]
 pub enum Phase {
     Connected,
@@ -151,6 +172,17 @@ impl Session {
         }
     }
 
+    pub fn user_fs(&self) -> Result<UserFs, OpError> {
+        let u = self.user()?;
+        Ok(UserFs {
+            shared: Arc::clone(&self.shared),
+            name: u.name.clone(),
+            home: Arc::clone(&u.home),
+            partials: Arc::clone(&u.partials),
+            usage: Arc::clone(&u.usage),
+        })
+    }
+
     pub fn login(&mut self, user: User) {
         self.phase = Phase::Authenticated(user);
     }
@@ -169,6 +201,127 @@ impl Session {
             }
             (Phase::Authenticated(_), _) => Ok(()),
         }
+    }
+
+    /// Whether `frame` runs in a batch: a get, or a small upload from its start, once logged
+    /// in (see ops/batch.rs).
+    fn batchable(&self, frame: &RequestFrame) -> bool {
+        matches!(self.phase, Phase::Authenticated(_))
+            && match &frame.request {
+                Request::Get { .. } => true,
+                Request::Put { size, offset, .. } => *offset == 0 && *size <= ops::put::SMALL_PUT,
+                _ => false,
+            }
+    }
+
+    fn batch_item(&self, frame: RequestFrame, body: Bytes) -> batch::Item {
+        let id = frame.id;
+        match frame.request {
+            Request::Get { path, offset, algo } => batch::Item::Get {
+                id,
+                target: self.cwd.resolve(&path),
+                offset,
+                algo,
+            },
+            Request::Put {
+                path,
+                size,
+                hash,
+                offset,
+                overwrite,
+                mtime,
+            } => batch::Item::Put {
+                id,
+                target: self.cwd.resolve(&path),
+                args: ops::put::PutArgs {
+                    path,
+                    size,
+                    hash,
+                    offset,
+                    overwrite,
+                    mtime,
+                },
+                body,
+            },
+            _ => unreachable!("only batchable requests become items"),
+        }
+    }
+
+    /// Runs `first` (a batchable request) together with the batchable requests already
+    /// buffered behind it, in one trip to the blocking pool, and queues their replies in
+    /// order. Returns the request that stopped the run, read but not yet handled (its body,
+    /// if any, still unread).
+    pub async fn handle_batch(
+        &mut self,
+        first: RequestFrame,
+        conn: &mut Conn,
+        limits: &Limits,
+    ) -> Result<Option<Parsed>, ConnError> {
+        let body = conn.whole_body().await?;
+        let mut held = body.len() as u64;
+        let mut items = vec![self.batch_item(first, body)];
+        let mut next = None;
+        // A frame error behind the run ends the connection, but only after the requests
+        // before it were done and answered, as if they had run one by one.
+        let mut fatal = None;
+        while items.len() < batch::MAX_ITEMS && held < batch::MAX_BYTES {
+            let header = match conn.buffered_header() {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    fatal = Some(e);
+                    break;
+                }
+            };
+            let frame = match RequestFrame::from_header(header, limits) {
+                Ok(f) if self.batchable(&f) => f,
+                other => {
+                    next = Some(other);
+                    break;
+                }
+            };
+            match conn.buffered_body()? {
+                Some(body) => {
+                    held += body.len() as u64;
+                    items.push(self.batch_item(frame, body));
+                }
+                None => {
+                    next = Some(Ok(frame));
+                    break;
+                }
+            }
+        }
+        let user = self.user_fs().expect("batches run logged in");
+        let done = tokio::task::spawn_blocking(move || batch::run(&user, items))
+            .await
+            .map_err(|e| std::io::Error::other(format!("batch failed: {e}")))?;
+        for d in done {
+            match d {
+                batch::Done::Put(id, Ok(reply)) => {
+                    conn.queue(&ReplyFrame::ok(id, reply));
+                }
+                batch::Done::Get(id, Ok(ready)) => {
+                    if conn.queue(&ReplyFrame::ok(id, ready.reply)) {
+                        match ready.body {
+                            Body::Inline(bytes) => conn.queue_body(&bytes),
+                            Body::File(file) => {
+                                conn.send_file(&file, ready.offset, ready.len).await?
+                            }
+                        }
+                    }
+                }
+                batch::Done::Put(id, Err(e)) | batch::Done::Get(id, Err(e)) => {
+                    conn.queue(&ReplyFrame::err(id, e.into_wire()));
+                }
+            }
+        }
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        if conn.queued() >= FLUSH_AT {
+            conn.flush().await?;
+        }
+        Ok(next)
     }
 
     /// Handles one request, queueing its reply (and sending its body, for `get`). A body the
@@ -232,17 +385,7 @@ impl Session {
             Request::Resume { path, size, hash } => {
                 ops::resume::run(self, &path, size, &hash).await
             }
-            Request::Get { path, offset, algo } => {
-                match ops::get::run(self, &path, offset, algo).await {
-                    Ok(ready) => {
-                        if conn.queue(&ReplyFrame::ok(id, ready.reply)) {
-                            conn.send_file(&ready.file, ready.offset, ready.len).await?;
-                        }
-                        return Ok(Flow::Continue);
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Request::Get { .. } => unreachable!("gets run in batches"),
             Request::Bench {
                 size,
                 download: true,
@@ -314,18 +457,31 @@ pub async fn serve_connection(
             }
         }
     };
+    let mut pending: Option<Parsed> = None;
     loop {
-        let header = match conn.next_header(&shutdown).await {
-            Ok(Some(h)) => h,
-            Ok(None) => break,
-            Err(e) => {
-                if fail(&mut conn, e) {
-                    break;
+        let parsed = match pending.take() {
+            Some(p) => p,
+            None => match conn.next_header(&shutdown).await {
+                Ok(Some(h)) => RequestFrame::from_header(h, &limits),
+                Ok(None) => break,
+                Err(e) => {
+                    if fail(&mut conn, e) {
+                        break;
+                    }
+                    return;
                 }
-                return;
-            }
+            },
         };
-        let flow = match RequestFrame::from_header(header, &limits) {
+        let flow = match parsed {
+            Ok(frame) if session.batchable(&frame) => {
+                match session.handle_batch(frame, &mut conn, &limits).await {
+                    Ok(next) => {
+                        pending = next;
+                        Ok(Flow::Continue)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Ok(frame) => session.handle(frame, &mut conn).await,
             Err(rejected) => {
                 conn.queue(&ReplyFrame::err(rejected.id, rejected.error.to_wire()));
@@ -341,7 +497,8 @@ pub async fn serve_connection(
                 return;
             }
         };
-        if conn.body_remaining() > 0 {
+        // The body of a request still pending belongs to it; any other is left over.
+        if pending.is_none() && conn.body_remaining() > 0 {
             if let Err(e) = conn.discard_body().await {
                 if fail(&mut conn, e) {
                     break;

@@ -1838,7 +1838,7 @@ async fn rm_recursive_of_a_very_deep_tree_does_not_crash_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_very_deep_home_does_not_stop_login_or_crash_the_server() {
-    let mut a = Arena::start().await;
+    let mut a = Arena::start_with(|c| c.remeasure_after = Duration::ZERO).await;
     let mut c = a.alice().await;
     deep_tree(&mut c, 4).await;
     c.call(Request::Quit).await.unwrap();

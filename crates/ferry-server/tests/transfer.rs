@@ -490,7 +490,7 @@ async fn abandoned_partials_are_swept_and_release_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_measured_again_after_the_user_was_away() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|c| c.remeasure_after = Duration::ZERO).await;
     add_user(&srv.data_root(), "gina", "gina-pw", 10_000, 100);
     {
         let mut c = srv.login("gina").await;
@@ -507,6 +507,29 @@ async fn usage_is_measured_again_after_the_user_was_away() {
         ErrorCode::QuotaExceeded
     );
     c.put("/b", &data(3, 1000)).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_measurement_is_reused_by_the_next_login() {
+    // Within `remeasure_after` of measuring, a new login reuses the measurement instead of
+    // walking the home again: a file placed by hand in between is not counted yet.
+    let srv = TestServer::start_with(|c| c.remeasure_after = Duration::from_secs(3600)).await;
+    add_user(&srv.data_root(), "hugo", "hugo-pw", 10_000, 100);
+    {
+        let mut c = srv.login("hugo").await;
+        c.put("/a", &data(1, 6000)).await.unwrap();
+        c.call(Request::Quit).await.unwrap();
+        c.expect_closed().await;
+    }
+    std::fs::write(srv.home("hugo").join("by-hand"), data(2, 3000)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = srv.login("hugo").await;
+    c.put("/b", &data(3, 3500)).await.unwrap();
+    assert_eq!(
+        c.put("/c", &data(4, 600)).await.unwrap_err().code,
+        ErrorCode::QuotaExceeded
+    );
     srv.stop().await;
 }
 

@@ -77,7 +77,9 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
         let partials =
             cap_std::fs::Dir::open_ambient_dir(root.partials_dir(&n), cap_std::ambient_authority())
                 .map_err(internal)?;
-        shared.quota.forget_if_unused(&n);
+        shared
+            .quota
+            .forget_if_stale(&n, shared.config.remeasure_after);
         let usage = match shared.quota.get(&n) {
             Some(u) => u,
             None => {

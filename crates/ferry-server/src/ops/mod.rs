@@ -7,6 +7,7 @@ use ferry_proto::{ErrorCode, WireError};
 
 use crate::home::{VPath, io_code};
 
+pub mod batch;
 pub mod bench;
 pub mod cd;
 pub mod get;

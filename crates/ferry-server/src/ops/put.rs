@@ -22,16 +22,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cap_std::fs::{MetadataExt, OpenOptions};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply};
 use tokio::sync::mpsc;
 
 use super::{OpError, blocking};
 use crate::conn::{Conn, ConnError};
 use crate::hashes::FileStamp;
+use crate::home::Home;
 use crate::home::{VPath, rename_at};
-use crate::quota::Reservation;
-use crate::session::{Session, UploadGuard, partial_name};
+use crate::quota::{Reservation, UserUsage};
+use crate::session::{Session, Shared, UploadGuard, UserFs, partial_name};
 
 /// Chunks in flight between the socket and the writer (each up to the socket buffer size).
 const CHANNEL_DEPTH: usize = 16;
@@ -39,7 +40,11 @@ const CHANNEL_DEPTH: usize = 16;
 /// Bodies at least this large are hashed on a thread of their own, beside the writer.
 const SPLIT_HASH_AT: u64 = 4 << 20;
 
-#[derive(Debug)]
+/// Bodies up to this size are read whole before any file-system work and done with the
+/// requests pipelined around them in one trip to the blocking pool (ops/batch.rs).
+pub const SMALL_PUT: u64 = 256 * 1024;
+
+#[derive(Debug, Clone)]
 pub struct PutArgs {
     pub path: String,
     pub size: u64,
@@ -94,54 +99,15 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
     let uname = user.name.clone();
     let (file, target_is_file, held, limits) = blocking(move || {
         // The users file is re-read if it changed, so quota edits apply to the next upload.
-        let limits = shared.users.get(&uname).map(|r| r.limits()).ok_or_else(|| {
-            OpError::new(ErrorCode::PermissionDenied, "this user no longer exists")
-        })?;
-        let parent = t.parent().expect("not root");
-        let pmeta = home
-            .dir()
-            .metadata(parent.rel())
-            .map_err(|e| OpError::io(&parent, e))?;
-        if !pmeta.is_dir() {
-            return Err(OpError::new(
-                ErrorCode::NotADirectory,
-                format!("{}: not a directory", parent.display()),
-            ));
-        }
-        let target_is_file = match home.dir().symlink_metadata(t.rel()) {
-            Ok(m) if m.is_dir() => {
-                return Err(OpError::new(
-                    ErrorCode::IsADirectory,
-                    format!("{}: is a directory", t.display()),
-                ));
-            }
-            Ok(_) if !overwrite => {
-                return Err(OpError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("{}: already exists", t.display()),
-                ));
-            }
-            Ok(m) => m.is_file(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => return Err(OpError::io(&t, e)),
-        };
-        let internal = |e: io::Error| OpError::Internal(format!("partial {pn}: {e}"));
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true);
-        let file = partials.open_with(&pn, &opts).map_err(internal)?.into_std();
-        let held = file.metadata().map_err(internal)?.len();
-        if offset > held {
-            if held == 0 {
-                let _ = partials.remove_file(&pn);
-            }
-            return Err(OpError::new(
-                ErrorCode::BadRequest,
-                format!("offset {offset} is past the {held} bytes held for this upload (ask with resume)"),
-            ));
-        }
-        if held != offset {
-            file.set_len(offset).map_err(internal)?;
-        }
+        let limits = shared
+            .users
+            .get(&uname)
+            .map(|r| r.limits())
+            .ok_or_else(|| {
+                OpError::new(ErrorCode::PermissionDenied, "this user no longer exists")
+            })?;
+        let target_is_file = check_target(&open_parent(&home, &t)?, &t, overwrite)?;
+        let (file, held) = open_partial(&partials, &pn, offset)?;
         Ok((file, target_is_file, held, limits))
     })
     .await?;
@@ -166,6 +132,81 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
         file,
         reservation,
     })
+}
+
+/// A whole small upload, its body already in memory: checked, verified before anything
+/// touches the disk (a corrupt small upload leaves no trace at all), written, fsynced and
+/// renamed into place. Blocking; the session runs it inside a batch (ops/batch.rs).
+pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result<Reply, OpError> {
+    debug_assert!(a.offset == 0 && body.len() as u64 == a.size);
+    if target.is_root() {
+        return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
+    }
+    let pname = partial_name(&u.name, target, a.size, &a.hash);
+    let _guard = UploadGuard::acquire(&u.shared, &u.name, target, &pname).ok_or_else(|| {
+        OpError::new(
+            ErrorCode::Busy,
+            format!(
+                "{}: another upload to this path is in progress",
+                target.display()
+            ),
+        )
+    })?;
+    let limits = u
+        .shared
+        .users
+        .get(&u.name)
+        .map(|r| r.limits())
+        .ok_or_else(|| OpError::new(ErrorCode::PermissionDenied, "this user no longer exists"))?;
+    let pdir = open_parent(&u.home, target)?;
+    let target_is_file = check_target(&pdir, target, a.overwrite)?;
+    let digests = digests_of(a.hash.algo(), body);
+    if digests[0] != a.hash {
+        return Err(mismatch(target, &digests[0], &a.hash));
+    }
+    let (file, held) = open_partial(&u.partials, &pname, 0)?;
+    // A partial of an earlier, interrupted upload of this identity was just emptied.
+    u.usage.adjust(-(held as i64), 0);
+    let discard = |e: OpError| {
+        let _ = u.partials.remove_file(&pname);
+        e
+    };
+    let files = if target_is_file { 0 } else { 1 };
+    let reservation = u
+        .usage
+        .reserve(a.size, files, limits)
+        .map_err(|e| discard(OpError::new(ErrorCode::QuotaExceeded, e.to_string())))?;
+    file.write_all_at(body, 0)
+        .map_err(|e| discard(OpError::io(target, e)))?;
+    let replaced = place(
+        &file,
+        &pdir,
+        &u.partials,
+        &u.shared,
+        &u.name,
+        target,
+        &pname,
+        a.mtime,
+        a.overwrite,
+        &digests,
+    )
+    .map_err(discard)?;
+    settle(&u.usage, reservation, replaced);
+    Ok(Reply::Put {
+        path: target.display(),
+        size: a.size,
+        hash: a.hash.clone(),
+    })
+}
+
+/// The digests a finished upload is recorded with: the declared algorithm first, then
+/// blake3 (the hash of record) if that is another.
+fn digests_of(algo: HashAlgo, body: &[u8]) -> Vec<Digest> {
+    let mut digests = vec![Digest::of(algo, body)];
+    if algo != HashAlgo::Blake3 {
+        digests.push(Digest::of(HashAlgo::Blake3, body));
+    }
+    digests
 }
 
 /// How the writer ended.
@@ -326,15 +367,7 @@ async fn transfer(
     if digests[0] != a.hash {
         drop(p.reservation);
         remove_partial(p.pname).await;
-        return Ok(Err(OpError::new(
-            ErrorCode::ChecksumMismatch,
-            format!(
-                "{}: the uploaded bytes hash to {}, not the declared {}",
-                p.target.display(),
-                digests[0],
-                a.hash
-            ),
-        )));
+        return Ok(Err(mismatch(&p.target, &digests[0], &a.hash)));
     }
     let body_done = started.elapsed();
     let home = Arc::clone(&user.home);
@@ -343,38 +376,11 @@ async fn transfer(
     let name = user.name.clone();
     let (t, pn, mtime, overwrite) = (p.target.clone(), p.pname.clone(), a.mtime, a.overwrite);
     let placed = blocking(move || {
-        let internal = |e: io::Error| OpError::Internal(format!("finishing {}: {e}", t.display()));
-        if let Some(secs) = mtime {
-            let when = if secs >= 0 {
-                UNIX_EPOCH + Duration::from_secs(secs as u64)
-            } else {
-                UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-            };
-            file.set_modified(when).map_err(internal)?;
-        } else {
-            file.set_modified(SystemTime::now()).map_err(internal)?;
-        }
-        file.sync_all().map_err(internal)?;
-        let parent = t.parent().expect("not root");
-        let pdir = home
-            .dir()
-            .open_dir(parent.rel())
-            .map_err(|e| OpError::io(&parent, e))?;
-        let fname = t.name().expect("not root");
-        let old = if overwrite {
-            pdir.symlink_metadata(fname).ok()
-        } else {
-            None
-        };
-        rename_at(&*partials, &pn, &pdir, fname, !overwrite).map_err(|e| OpError::io(&t, e))?;
-        // SAFETY: fsync on a directory fd we hold open.
-        unsafe { libc::fsync(pdir.as_raw_fd()) };
-        let stamp = FileStamp::of(&file.metadata().map_err(internal)?);
-        if let Some(old) = old.as_ref().filter(|m| m.is_file() && m.nlink() == 1) {
-            shared.hashes.forget(&name, old.ino());
-        }
-        shared.hashes.record(&name, &stamp, &digests);
-        Ok(old.filter(|m| m.is_file()).map(|m| m.len()))
+        // Opened again now: the directory may have been moved while the body arrived.
+        let pdir = open_parent(&home, &t)?;
+        place(
+            &file, &pdir, &partials, &shared, &name, &t, &pn, mtime, overwrite, &digests,
+        )
     })
     .await;
     match placed {
@@ -386,13 +392,7 @@ async fn transfer(
                 "put: body received, hashed and written in {body_done:?}; fsync + rename in {:?}",
                 started.elapsed() - body_done
             );
-            let reserved_files = p.reservation.files() as i64;
-            p.reservation.commit();
-            let (bytes, files) = match replaced {
-                Some(old) => (-(old as i64), -reserved_files),
-                None => (0, 1 - reserved_files),
-            };
-            user.usage.adjust(bytes, files);
+            settle(&user.usage, p.reservation, replaced);
             Ok(Ok(Reply::Put {
                 path: p.target.display(),
                 size: a.size,
@@ -405,4 +405,124 @@ async fn transfer(
             Ok(Err(e))
         }
     }
+}
+
+/// Opens the parent directory of `t`, readable so that it can be fsynced after the rename
+/// (an `O_PATH` handle cannot be).
+fn open_parent(home: &Home, t: &VPath) -> Result<Dir, OpError> {
+    let parent = t.parent().expect("not root");
+    let mut opts = OpenOptions::new();
+    opts.read(true).custom_flags(libc::O_DIRECTORY);
+    match home.dir().open_with(parent.rel(), &opts) {
+        Ok(f) => Ok(Dir::from_std_file(f.into_std())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(OpError::new(
+            ErrorCode::NotADirectory,
+            format!("{}: not a directory", parent.display()),
+        )),
+        Err(e) => Err(OpError::io(&parent, e)),
+    }
+}
+
+/// The target must not be a directory nor (unless overwriting) an existing entry. Returns
+/// whether a regular file is being replaced.
+fn check_target(pdir: &Dir, t: &VPath, overwrite: bool) -> Result<bool, OpError> {
+    match pdir.symlink_metadata(t.name().expect("not root")) {
+        Ok(m) if m.is_dir() => Err(OpError::new(
+            ErrorCode::IsADirectory,
+            format!("{}: is a directory", t.display()),
+        )),
+        Ok(_) if !overwrite => Err(OpError::new(
+            ErrorCode::AlreadyExists,
+            format!("{}: already exists", t.display()),
+        )),
+        Ok(m) => Ok(m.is_file()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(OpError::io(t, e)),
+    }
+}
+
+/// Opens (creating) the upload's partial and cuts it to `offset`. Returns it and the bytes
+/// it held before the cut.
+fn open_partial(partials: &Dir, pn: &str, offset: u64) -> Result<(File, u64), OpError> {
+    let internal = |e: io::Error| OpError::Internal(format!("partial {pn}: {e}"));
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true);
+    let file = partials.open_with(pn, &opts).map_err(internal)?.into_std();
+    let held = file.metadata().map_err(internal)?.len();
+    if offset > held {
+        if held == 0 {
+            let _ = partials.remove_file(pn);
+        }
+        return Err(OpError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "offset {offset} is past the {held} bytes held for this upload (ask with resume)"
+            ),
+        ));
+    }
+    if held != offset {
+        file.set_len(offset).map_err(internal)?;
+    }
+    Ok((file, held))
+}
+
+fn mismatch(target: &VPath, actual: &Digest, declared: &Digest) -> OpError {
+    OpError::new(
+        ErrorCode::ChecksumMismatch,
+        format!(
+            "{}: the uploaded bytes hash to {actual}, not the declared {declared}",
+            target.display(),
+        ),
+    )
+}
+
+/// Sets the mtime, fsyncs, renames the verified partial into the home and records its hash.
+/// Returns the size of the regular file it replaced, if any.
+#[allow(clippy::too_many_arguments)]
+fn place(
+    file: &File,
+    pdir: &Dir,
+    partials: &Dir,
+    shared: &Shared,
+    user: &str,
+    t: &VPath,
+    pn: &str,
+    mtime: Option<i64>,
+    overwrite: bool,
+    digests: &[Digest],
+) -> Result<Option<u64>, OpError> {
+    let internal = |e: io::Error| OpError::Internal(format!("finishing {}: {e}", t.display()));
+    let when = match mtime {
+        Some(secs) if secs >= 0 => UNIX_EPOCH + Duration::from_secs(secs as u64),
+        Some(secs) => UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
+        None => SystemTime::now(),
+    };
+    file.set_modified(when).map_err(internal)?;
+    file.sync_all().map_err(internal)?;
+    let fname = t.name().expect("not root");
+    let old = if overwrite {
+        pdir.symlink_metadata(fname).ok()
+    } else {
+        None
+    };
+    rename_at(partials, pn, pdir, fname, !overwrite).map_err(|e| OpError::io(t, e))?;
+    // SAFETY: fsync on a directory fd we hold open.
+    unsafe { libc::fsync(pdir.as_raw_fd()) };
+    let stamp = FileStamp::of(&file.metadata().map_err(internal)?);
+    if let Some(old) = old.as_ref().filter(|m| m.is_file() && m.nlink() == 1) {
+        shared.hashes.forget(user, old.ino());
+    }
+    shared.hashes.record_new(user, &stamp, digests);
+    Ok(old.filter(|m| m.is_file()).map(|m| m.len()))
+}
+
+/// Turns the reservation into usage once the file is in place.
+fn settle(usage: &UserUsage, reservation: Reservation, replaced: Option<u64>) {
+    let reserved_files = reservation.files() as i64;
+    reservation.commit();
+    let (bytes, files) = match replaced {
+        Some(old) => (-(old as i64), -reserved_files),
+        None => (0, 1 - reserved_files),
+    };
+    usage.adjust(bytes, files);
 }

@@ -1,0 +1,229 @@
+//! Runs of pipelined gets and small puts (ops/batch.rs): one trip to the blocking pool per
+//! run, but every request still answered on its own, in order, with its own outcome.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use ferry_proto::{Digest, ErrorCode, HashAlgo, Reply, Request, RequestFrame};
+
+fn put(path: &str, body: &[u8], hash: Digest, offset: u64) -> Request {
+    Request::Put {
+        path: path.into(),
+        size: body.len() as u64 + offset,
+        hash,
+        offset,
+        overwrite: false,
+        mtime: Some(1_700_000_000),
+    }
+}
+
+fn get(path: &str) -> Request {
+    Request::Get {
+        path: path.into(),
+        offset: 0,
+        algo: None,
+    }
+}
+
+/// Frames (with bodies) for one write, so the server finds them all buffered at once.
+#[derive(Default)]
+struct Burst {
+    buf: BytesMut,
+    next_id: u64,
+}
+
+impl Burst {
+    fn add(&mut self, request: Request, body: &[u8]) -> u64 {
+        self.next_id += 1;
+        RequestFrame {
+            id: self.next_id,
+            request,
+            body_len: body.len() as u64,
+        }
+        .encode(u32::MAX, &mut self.buf)
+        .unwrap();
+        self.buf.extend_from_slice(body);
+        self.next_id
+    }
+}
+
+fn partials(srv: &TestServer) -> usize {
+    std::fs::read_dir(srv.data_root().partials_dir("alice"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_run_with_failures_answers_each_in_order() {
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    c.mkdir("/b").await;
+    c.put("/b/exists", b"old").await.unwrap();
+    let large = data(9, 3 << 20); // past the inline limit: sent with sendfile mid-run
+    c.put("/b/large", &large).await.unwrap();
+    // The test client's ids continue after the ones it used.
+    let mut burst = Burst {
+        next_id: 100,
+        ..Default::default()
+    };
+    let ok1 = data(1, 4096);
+    let big = data(2, 200 * 1024);
+    let ok2 = data(3, 777);
+    let bad = data(4, 1000);
+    let mut expect: Vec<(u64, Result<&[u8], ErrorCode>)> = Vec::new();
+    let mut push = |id, r| expect.push((id, r));
+    push(
+        burst.add(put("/b/ok1", &ok1, blake3(&ok1), 0), &ok1),
+        Ok(&[][..]),
+    );
+    push(
+        burst.add(put("/b/bad", &bad, blake3(b"other bytes"), 0), &bad),
+        Err(ErrorCode::ChecksumMismatch),
+    );
+    push(
+        burst.add(put("/b/exists", b"new", blake3(b"new"), 0), b"new"),
+        Err(ErrorCode::AlreadyExists),
+    );
+    push(burst.add(get("/b/missing"), &[]), Err(ErrorCode::NotFound));
+    push(
+        burst.add(put("/nodir/x", b"x", blake3(b"x"), 0), b"x"),
+        Err(ErrorCode::NotFound),
+    );
+    push(burst.add(get("/b/ok1"), &[]), Ok(&ok1[..])); // written earlier in the same run
+    push(
+        burst.add(put("/b/big", &big, blake3(&big), 0), &big),
+        Ok(&[][..]),
+    );
+    push(burst.add(get("/b/large"), &[]), Ok(&large[..]));
+    push(burst.add(get("/b/big"), &[]), Ok(&big[..]));
+    let md5 = Digest::of(HashAlgo::Md5, &ok2);
+    push(burst.add(put("/b/ok2", &ok2, md5, 0), &ok2), Ok(&[][..]));
+    push(
+        burst.add(get("/../../etc/passwd"), &[]),
+        Err(ErrorCode::InvalidPath),
+    );
+    push(burst.add(get("/b"), &[]), Err(ErrorCode::IsADirectory));
+    let ls_id = burst.add(
+        Request::Ls {
+            path: Some("/b".into()),
+        },
+        &[],
+    ); // ends the run
+    push(burst.add(get("/b/ok2"), &[]), Ok(&ok2[..]));
+    // A resumed put (offset > 0) is not batched; with nothing held it is refused.
+    push(
+        burst.add(put("/b/r", b"tail", blake3(b"whole"), 1), b"tail"),
+        Err(ErrorCode::BadRequest),
+    );
+    push(burst.add(get("/b/ok1"), &[]), Ok(&ok1[..]));
+    c.write_raw(&burst.buf).await;
+
+    let mut ls_seen = false;
+    let mut it = expect.into_iter().peekable();
+    while let Some((id, want)) = it.next() {
+        if !ls_seen && id > ls_id {
+            let (f, _) = c.recv().await;
+            assert_eq!(f.id, ls_id);
+            let Ok(Reply::Ls { entries, .. }) = f.result else {
+                panic!("ls: {:?}", f.result)
+            };
+            let mut names: Vec<_> = entries.into_iter().map(|e| e.name).collect();
+            names.sort();
+            assert_eq!(names, ["big", "exists", "large", "ok1", "ok2"]);
+            ls_seen = true;
+        }
+        let (f, body) = c.recv().await;
+        assert_eq!(f.id, id, "replies come in request order");
+        match (want, f.result) {
+            (Ok(bytes), Ok(Reply::Get { size, .. })) => {
+                assert_eq!(size, bytes.len() as u64, "id {id}");
+                assert!(body == bytes, "id {id}: body differs");
+            }
+            (Ok(_), Ok(Reply::Put { .. })) => assert!(body.is_empty()),
+            (Err(code), Err(e)) => assert_eq!(e.code, code, "id {id}: {}", e.message),
+            (want, got) => panic!("id {id}: wanted {want:?}, got {got:?}"),
+        }
+        if it.peek().is_none() {
+            assert!(ls_seen);
+        }
+    }
+    // Nothing of the refused uploads anywhere: no target, no partial.
+    let home = srv.home("alice");
+    assert!(!home.join("b/bad").exists());
+    assert!(!home.join("nodir").exists());
+    assert_eq!(std::fs::read(home.join("b/exists")).unwrap(), b"old");
+    assert_eq!(partials(&srv), 0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_put_whose_body_trickles_in_still_lands() {
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    let body = data(5, 100 * 1024);
+    let mut burst = Burst::default();
+    burst.next_id = 50;
+    let put_id = burst.add(put("/slow", &body, blake3(&body), 0), &body);
+    let get_id = burst.add(get("/slow"), &[]);
+    let bytes = burst.buf.freeze();
+    let cut = bytes.len() / 3;
+    c.write_raw(&bytes[..cut]).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.write_raw(&bytes[cut..2 * cut]).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.write_raw(&bytes[2 * cut..]).await;
+    let (f, _) = c.recv().await;
+    assert_eq!(f.id, put_id);
+    assert!(matches!(f.result, Ok(Reply::Put { .. })), "{:?}", f.result);
+    let (f, got) = c.recv().await;
+    assert_eq!(f.id, get_id);
+    assert!(f.result.is_ok());
+    assert!(got == body);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_small_files_up_and_down_in_two_writes() {
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    c.mkdir("/many").await;
+    let files: Vec<Vec<u8>> = (0..1000)
+        .map(|i| data(i, (i as usize * 37) % 5000))
+        .collect();
+    let mut up = Burst {
+        next_id: 10,
+        ..Default::default()
+    };
+    for (i, f) in files.iter().enumerate() {
+        up.add(put(&format!("/many/f{i:04}"), f, blake3(f), 0), f);
+    }
+    c.write_raw(&up.buf).await;
+    for i in 0..files.len() {
+        let (f, _) = c.recv().await;
+        assert_eq!(f.id, 11 + i as u64);
+        assert!(f.result.is_ok(), "put {i}: {:?}", f.result);
+    }
+    let mut down = Burst {
+        next_id: 5000,
+        ..Default::default()
+    };
+    for i in 0..files.len() {
+        down.add(get(&format!("/many/f{i:04}")), &[]);
+    }
+    c.write_raw(&down.buf).await;
+    for (i, want) in files.iter().enumerate() {
+        let (f, body) = c.recv().await;
+        assert_eq!(f.id, 5001 + i as u64);
+        let Ok(Reply::Get { hash, .. }) = f.result else {
+            panic!("get {i}: {:?}", f.result)
+        };
+        assert_eq!(hash, blake3(want));
+        assert!(&body == want, "file {i}");
+    }
+    assert_eq!(c.ls("/many").await.len(), 1000);
+    assert_eq!(partials(&srv), 0);
+    srv.stop().await;
+}
