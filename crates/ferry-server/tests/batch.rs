@@ -164,8 +164,10 @@ async fn a_small_put_whose_body_trickles_in_still_lands() {
     let srv = TestServer::start().await;
     let mut c = srv.login("alice").await;
     let body = data(5, 100 * 1024);
-    let mut burst = Burst::default();
-    burst.next_id = 50;
+    let mut burst = Burst {
+        next_id: 50,
+        ..Default::default()
+    };
     let put_id = burst.add(put("/slow", &body, blake3(&body), 0), &body);
     let get_id = burst.add(get("/slow"), &[]);
     let bytes = burst.buf.freeze();
