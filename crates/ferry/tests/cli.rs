@@ -633,3 +633,87 @@ fn progress_bars_show_on_a_terminal_and_hide_otherwise() {
         "{err}"
     );
 }
+
+#[test]
+fn two_paths_name_the_copy_when_the_destination_is_not_a_directory() {
+    let srv = Server::start(&["dora"]);
+    let local = tempfile::tempdir().unwrap();
+    let f = local.path().join("report.txt");
+    write(&f, b"quarterly numbers");
+    ok(srv.ferry("dora").args(["mkdir", "-q", "inbox"]));
+
+    // put FILE NEW-NAME, put FILE DIR/NEW-NAME, put FILE DIR (into it), put FILE DIR/ (into it).
+    ok(srv
+        .ferry("dora")
+        .args(["put", "-q"])
+        .arg(&f)
+        .arg("/renamed.txt"));
+    ok(srv
+        .ferry("dora")
+        .args(["put", "-q"])
+        .arg(&f)
+        .arg("inbox/r2.txt"));
+    ok(srv.ferry("dora").args(["put", "-q"]).arg(&f).arg("inbox"));
+    let home = srv.home("dora");
+    for p in ["renamed.txt", "inbox/r2.txt", "inbox/report.txt"] {
+        assert_eq!(fs::read(home.join(p)).unwrap(), b"quarterly numbers", "{p}");
+    }
+    // A trailing slash always means a directory: this one does not exist.
+    let out = run(srv.ferry("dora").args(["put", "-q"]).arg(&f).arg("nodir/"));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(!home.join("nodir").exists());
+    // An existing remote file is not replaced without --force, then is with it.
+    write(&f, b"revised numbers");
+    let out = run(srv
+        .ferry("dora")
+        .args(["put", "-q"])
+        .arg(&f)
+        .arg("/renamed.txt"));
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        fs::read(home.join("renamed.txt")).unwrap(),
+        b"quarterly numbers"
+    );
+    ok(srv
+        .ferry("dora")
+        .args(["put", "-q", "-f"])
+        .arg(&f)
+        .arg("/renamed.txt"));
+    assert_eq!(
+        fs::read(home.join("renamed.txt")).unwrap(),
+        b"revised numbers"
+    );
+
+    // get FILE NEW-NAME, get FILE DIR/NEW-NAME, get FILE DIR (into it).
+    let copy = local.path().join("copy.txt");
+    ok(srv
+        .ferry("dora")
+        .args(["get", "-q", "inbox/r2.txt"])
+        .arg(&copy));
+    assert_eq!(fs::read(&copy).unwrap(), b"quarterly numbers");
+    let sub = local.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    ok(srv
+        .ferry("dora")
+        .args(["get", "-q", "renamed.txt"])
+        .arg(sub.join("c2.txt")));
+    assert_eq!(fs::read(sub.join("c2.txt")).unwrap(), b"revised numbers");
+    ok(srv
+        .ferry("dora")
+        .args(["get", "-q", "inbox/r2.txt"])
+        .arg(&sub));
+    assert_eq!(fs::read(sub.join("r2.txt")).unwrap(), b"quarterly numbers");
+    // No clobbering under a new name either, and a missing local parent is an error.
+    let out = run(srv
+        .ferry("dora")
+        .args(["get", "-q", "renamed.txt"])
+        .arg(&copy));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(fs::read(&copy).unwrap(), b"quarterly numbers");
+    let out = run(srv
+        .ferry("dora")
+        .args(["get", "-q", "renamed.txt"])
+        .arg(local.path().join("missing/x.txt")));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!local.path().join("missing").exists());
+}

@@ -13,7 +13,8 @@ use super::{Output, Remote, block_on, error_json, finish_transfer, remote_basena
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     /// Remote files (directories with -r) to download. With two or more paths, the last one
-    /// is the local directory to download into (default: the current directory).
+    /// is the local directory to download into (default: the current directory); `get FILE
+    /// NAME`, NAME not an existing directory, saves FILE as NAME.
     #[arg(required = true, num_args = 1.., value_name = "PATH")]
     pub paths: Vec<String>,
     /// Download directories and everything in them.
@@ -51,12 +52,32 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
-    let (remotes, local_dir) = if args.paths.len() >= 2 {
+    let (remotes, mut local_dir) = if args.paths.len() >= 2 {
         let (dest, rest) = args.paths.split_last().expect("two or more");
         (rest.to_vec(), PathBuf::from(dest))
     } else {
         (args.paths.clone(), PathBuf::from("."))
     };
+    // `get FILE DEST`, DEST not an existing local directory: save FILE as DEST, as cp and
+    // scp do. A DEST ending in `/` always means a directory.
+    let mut save_as = None;
+    if remotes.len() == 1
+        && args.paths.len() == 2
+        && !args.recursive
+        && !local_dir.is_dir()
+        && !local_dir.as_os_str().to_string_lossy().ends_with('/')
+    {
+        if let Some(name) = local_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        {
+            save_as = Some(name);
+            local_dir = match local_dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+        }
+    }
     let mut client = args.remote.connect().await?;
     let opts = GetOptions {
         resume: !args.no_resume,
@@ -66,6 +87,7 @@ async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         &mut client,
         &remotes,
         &local_dir,
+        save_as.as_deref(),
         args.recursive,
         args.force,
         &opts,
@@ -74,11 +96,14 @@ async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     .await
 }
 
-/// Downloads `remotes` into `local_dir`; shared with the shell's `get`.
+/// Downloads `remotes` into `local_dir` (a single file under the name `save_as`, if given);
+/// shared with the shell's `get`.
+#[allow(clippy::too_many_arguments)]
 pub async fn get_paths(
     client: &mut Client,
     remotes: &[String],
     local_dir: &Path,
+    save_as: Option<&str>,
     recursive: bool,
     force: bool,
     opts: &GetOptions,
@@ -134,7 +159,7 @@ pub async fn get_paths(
             );
             continue;
         };
-        let local = local_dir.join(name);
+        let local = local_dir.join(save_as.unwrap_or(name));
         match stat {
             Ok(Reply::Stat(e)) if e.kind == EntryKind::Dir => {
                 if recursive {

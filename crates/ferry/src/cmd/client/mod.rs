@@ -131,6 +131,15 @@ pub fn remote_join(dir: &str, name: &str) -> String {
     }
 }
 
+/// A remote file path as (directory, name): `/a.txt` → (`/`, `a.txt`), `a.txt` → (`.`, `a.txt`).
+pub fn remote_split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", name)) => ("/", name),
+        Some((dir, name)) => (dir, name),
+        None => (".", path),
+    }
+}
+
 /// The last component of a remote path.
 pub fn remote_basename(path: &str) -> &str {
     path.trim_end_matches('/')

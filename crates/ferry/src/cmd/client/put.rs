@@ -5,15 +5,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ferry_client::{ClientError, PutItem, PutOptions};
-use ferry_proto::{ErrorCode, Request};
+use ferry_proto::{EntryKind, ErrorCode, Request};
 
 use super::progress::Bars;
-use super::{Output, Remote, block_on, error_json, finish_transfer, remote_join};
+use super::{Output, Remote, block_on, error_json, finish_transfer, remote_join, remote_split};
 
 #[derive(Debug, clap::Args)]
 pub struct PutArgs {
     /// Local files (directories with -r) to upload. With two or more paths, the last one is
-    /// the remote directory to upload into (default: the remote working directory).
+    /// the remote directory to upload into (default: the remote working directory); `put
+    /// FILE NAME`, NAME not an existing remote directory, uploads FILE as NAME.
     #[arg(required = true, num_args = 1.., value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Upload directories and everything in them.
@@ -36,16 +37,36 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: PutArgs) -> anyhow::Result<ExitCode> {
-    let (locals, remote_dir) = split_target(&args.paths);
+    let (locals, mut remote_dir) = split_target(&args.paths);
     let mut client = args.remote.connect().await?;
     let opts = PutOptions {
         overwrite: args.force,
         resume: !args.no_resume,
     };
+    // `put FILE DEST`, DEST not an existing remote directory: upload FILE as DEST, as cp and
+    // scp do. A DEST ending in `/` always means a directory.
+    let mut save_as = None;
+    if let [local] = &locals[..] {
+        if args.paths.len() == 2
+            && !remote_dir.ends_with('/')
+            && std::fs::metadata(local).is_ok_and(|m| m.is_file())
+        {
+            let as_file = match client.stat(&remote_dir, None).await {
+                Ok(entry) => entry.kind != EntryKind::Dir,
+                Err(e) => e.remote_code() == Some(ErrorCode::NotFound),
+            };
+            if as_file {
+                let (dir, name) = remote_split(&remote_dir);
+                save_as = Some(name.to_owned());
+                remote_dir = dir.to_owned();
+            }
+        }
+    }
     put_paths(
         &mut client,
         &locals,
         &remote_dir,
+        save_as.as_deref(),
         args.recursive,
         &opts,
         args.output,
@@ -63,11 +84,13 @@ fn split_target(paths: &[PathBuf]) -> (Vec<PathBuf>, String) {
     }
 }
 
-/// Uploads `locals` into `remote_dir`; shared with the shell's `put`.
+/// Uploads `locals` into `remote_dir` (the one local file under the name `save_as`, if
+/// given); shared with the shell's `put`.
 pub async fn put_paths(
     client: &mut ferry_client::Client,
     locals: &[PathBuf],
     remote_dir: &str,
+    save_as: Option<&str>,
     recursive: bool,
     opts: &PutOptions,
     output: Output,
@@ -75,7 +98,7 @@ pub async fn put_paths(
     let started = Instant::now();
     let mut plan = Plan::default();
     for local in locals {
-        plan.add(local, remote_dir, recursive);
+        plan.add(local, remote_dir, save_as, recursive);
     }
     let mut first_failure: Option<ClientError> = None;
     let mut report = Vec::new();
@@ -145,11 +168,12 @@ struct Plan {
 }
 
 impl Plan {
-    fn add(&mut self, local: &Path, remote_dir: &str, recursive: bool) {
-        let name = match local.file_name() {
-            Some(n) => n.to_string_lossy().into_owned(),
+    fn add(&mut self, local: &Path, remote_dir: &str, save_as: Option<&str>, recursive: bool) {
+        let name = match (save_as, local.file_name()) {
+            (Some(n), _) => n.to_owned(),
+            (None, Some(n)) => n.to_string_lossy().into_owned(),
             // `.` or `..`: name it after the directory it stands for.
-            None => match std::fs::canonicalize(local) {
+            (None, None) => match std::fs::canonicalize(local) {
                 Ok(p) => p
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())

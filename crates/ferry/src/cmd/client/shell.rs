@@ -161,7 +161,7 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
                 resume: true,
             };
             Ok(Flow::Continue(
-                put_paths(client, &locals, ".", has("-r"), &opts, output).await?,
+                put_paths(client, &locals, ".", None, has("-r"), &opts, output).await?,
             ))
         }
         "get" => {
@@ -175,6 +175,7 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
                     client,
                     &args,
                     &PathBuf::from("."),
+                    None,
                     has("-r"),
                     has("-f"),
                     &opts,
