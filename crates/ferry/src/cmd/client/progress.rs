@@ -13,6 +13,9 @@ pub struct Bars {
     current: Mutex<Option<ProgressBar>>,
     files: usize,
     done: AtomicUsize,
+    /// Hidden bars still cost a template parse and several allocations per file, which
+    /// is a large share of a many-small-files transfer; so hidden means not made at all.
+    visible: bool,
 }
 
 impl Bars {
@@ -24,7 +27,7 @@ impl Bars {
             ProgressDrawTarget::hidden()
         };
         let multi = MultiProgress::with_draw_target(target);
-        let overall = (files > 1).then(|| {
+        let overall = (visible && files > 1).then(|| {
             let bar = multi.add(ProgressBar::new(total));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -42,6 +45,7 @@ impl Bars {
             current: Mutex::new(None),
             files,
             done: AtomicUsize::new(0),
+            visible,
         }
     }
 
@@ -55,6 +59,9 @@ impl Bars {
 
 impl Progress for Bars {
     fn start_file(&self, name: &str, total: u64, already: u64) {
+        if !self.visible {
+            return;
+        }
         let bar = self.multi.add(ProgressBar::new(total));
         bar.set_style(
             ProgressStyle::with_template(
@@ -73,6 +80,9 @@ impl Progress for Bars {
     }
 
     fn advance(&self, n: u64) {
+        if !self.visible {
+            return;
+        }
         if let Some(bar) = self.current.lock().expect("progress lock").as_ref() {
             bar.inc(n);
         }
