@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use ferry_proto::{FrameDecoder, FrameEvent, ReplyFrame, RequestFrame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -224,6 +224,43 @@ impl FrameReader<'_> {
             sink(&scratch[..n])?;
         }
         Ok(())
+    }
+
+    /// Body bytes of the current reply not yet read.
+    pub(crate) fn body_remaining(&self) -> u64 {
+        self.decoder.body_remaining()
+    }
+
+    /// Fills as much of `buf` as the rest of the current body allows, and returns how much
+    /// that was. Unlike [`FrameReader::read_body`] the bytes land in the caller's buffer,
+    /// which can then be handed to another thread without a copy.
+    pub(crate) async fn fill_body(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let want = self.decoder.body_remaining().min(buf.len() as u64) as usize;
+        let mut filled = 0;
+        while filled < want {
+            let n = if !self.rbuf.is_empty() {
+                // Bytes that arrived together with the header.
+                let n = self.rbuf.len().min(want - filled);
+                buf[filled..filled + n].copy_from_slice(&self.rbuf[..n]);
+                self.rbuf.advance(n);
+                n
+            } else {
+                let n = self
+                    .half
+                    .read(&mut buf[filled..want])
+                    .await
+                    .map_err(|e| ClientError::io("reading from server", e))?;
+                if n == 0 {
+                    return Err(ClientError::Proto(ferry_proto::ProtoError::Truncated(
+                        "inside a body",
+                    )));
+                }
+                n
+            };
+            self.decoder.consume_body(n as u64);
+            filled += n;
+        }
+        Ok(filled)
     }
 
     pub(crate) async fn skip_body(&mut self, scratch: &mut [u8]) -> Result<()> {

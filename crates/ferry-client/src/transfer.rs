@@ -291,7 +291,7 @@ impl Client {
         let first_id = self.reserve_ids(items.len());
         let mut scratch = self.scratch();
         let (mut reader, mut writer) = self.conn.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Option<PartialMeta>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Leftover)>();
 
         let send = async {
             for (index, item) in items.iter().enumerate() {
@@ -299,9 +299,12 @@ impl Client {
                 let held = if opts.resume {
                     PartialMeta::load(&item.local, &item.remote)
                 } else {
-                    None
+                    Leftover::Unknown
                 };
-                let offset = held.as_ref().map_or(0, |m| m.held);
+                let offset = match &held {
+                    Leftover::Resumable(m) => m.held,
+                    _ => 0,
+                };
                 writer
                     .queue(&RequestFrame::new(
                         id,
@@ -341,7 +344,7 @@ impl Client {
                         continue;
                     }
                 };
-                if let Some(h) = &held {
+                if let Leftover::Resumable(h) = &held {
                     if h.size != size || h.hash != hash || offset != h.held {
                         reader.skip_body(&mut scratch).await?;
                         PartialMeta::discard(&item.local);
@@ -350,7 +353,7 @@ impl Client {
                     }
                 }
                 progress.start_file(&item.remote, size, offset);
-                let mut sink = match DownloadSink::open(item, size, offset, &hash) {
+                let mut sink = match DownloadSink::open(item, size, offset, &hash, &held) {
                     Ok(s) => s,
                     Err(e) => {
                         reader.skip_body(&mut scratch).await?;
@@ -359,18 +362,7 @@ impl Client {
                         continue;
                     }
                 };
-                let mut local_error = None;
-                reader
-                    .read_body(&mut scratch, |chunk| {
-                        if local_error.is_none() {
-                            if let Err(e) = sink.write(chunk) {
-                                local_error = Some(e);
-                            }
-                        }
-                        progress.advance(chunk.len() as u64);
-                        Ok(())
-                    })
-                    .await?;
+                let local_error = sink.receive(&mut reader, &mut scratch, progress).await?;
                 let outcome = match local_error {
                     Some(e) => Err(e),
                     None => sink.finish(&item.remote, mtime).map(|hash| GetOutcome {
@@ -483,6 +475,9 @@ fn partial_path(local: &Path, suffix: &str) -> PathBuf {
 
 /// The record kept beside a partial download: which remote file, of what size and hash, it
 /// is a prefix of. Without it a partial is never resumed, so two files are never spliced.
+///
+/// Only large downloads get one: redoing a small download costs less than writing, and then
+/// removing, a record for every small file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PartialMeta {
     remote: String,
@@ -492,18 +487,34 @@ struct PartialMeta {
     held: u64,
 }
 
+/// What an earlier, interrupted run left beside a download's target.
+enum Leftover {
+    /// No record: there is nothing to resume, and nothing a new partial could be paired with.
+    Nothing,
+    /// A record may exist but does not describe what is there now (or was not looked for);
+    /// it must go before a partial without a record of its own is written.
+    Unknown,
+    Resumable(PartialMeta),
+}
+
 impl PartialMeta {
-    fn load(local: &Path, remote: &str) -> Option<PartialMeta> {
-        let text = fs::read_to_string(partial_path(local, PARTIAL_META_SUFFIX)).ok()?;
-        let mut meta: PartialMeta = serde_json::from_str(&text).ok()?;
-        let held = fs::metadata(partial_path(local, PARTIAL_SUFFIX))
-            .ok()?
-            .len();
+    fn load(local: &Path, remote: &str) -> Leftover {
+        let text = match fs::read_to_string(partial_path(local, PARTIAL_META_SUFFIX)) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Leftover::Nothing,
+            Err(_) => return Leftover::Unknown,
+        };
+        let Ok(mut meta) = serde_json::from_str::<PartialMeta>(&text) else {
+            return Leftover::Unknown;
+        };
+        let Ok(held) = fs::metadata(partial_path(local, PARTIAL_SUFFIX)).map(|m| m.len()) else {
+            return Leftover::Unknown;
+        };
         if meta.remote != remote || held > meta.size {
-            return None;
+            return Leftover::Unknown;
         }
         meta.held = held;
-        Some(meta)
+        Leftover::Resumable(meta)
     }
 
     fn save(&self, local: &Path) -> std::io::Result<()> {
@@ -517,22 +528,104 @@ impl PartialMeta {
     }
 }
 
+/// Buffers a large download moves through: enough that receiving and writing never wait for
+/// the hasher while it keeps up, few enough to keep memory small.
+const HASH_BUFFERS: usize = 4;
+
+/// Hashes a large download on a thread of its own, so hashing overlaps receiving and writing
+/// instead of adding to them. Buffers go to the thread full and come back empty; no more
+/// than [`HASH_BUFFERS`] ever exist, so neither channel can fill up and block.
+struct HashWorker {
+    full: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    empty: mpsc::Receiver<Vec<u8>>,
+    made: usize,
+    thread: Option<std::thread::JoinHandle<Hasher>>,
+}
+
+impl HashWorker {
+    fn start(mut hasher: Hasher) -> std::io::Result<Self> {
+        let (full, to_hash) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
+        let (hashed, empty) = mpsc::channel(HASH_BUFFERS);
+        let thread = std::thread::Builder::new()
+            .name("ferry-hash".into())
+            .spawn(move || {
+                for (buf, n) in to_hash {
+                    hasher.update(&buf[..n]);
+                    // Fails only once the download was abandoned; the loop then ends as well.
+                    let _ = hashed.try_send(buf);
+                }
+                hasher
+            })?;
+        Ok(HashWorker {
+            full: Some(full),
+            empty,
+            made: 0,
+            thread: Some(thread),
+        })
+    }
+
+    /// A buffer to fill: a new one while there are few, then one the hasher is done with.
+    async fn buffer(&mut self) -> Result<Vec<u8>> {
+        if let Ok(buf) = self.empty.try_recv() {
+            return Ok(buf);
+        }
+        if self.made < HASH_BUFFERS {
+            self.made += 1;
+            return Ok(vec![0; crate::conn::IO_CHUNK]);
+        }
+        self.empty.recv().await.ok_or_else(hasher_died)
+    }
+
+    fn hash(&mut self, buf: Vec<u8>, n: usize) -> Result<()> {
+        let full = self.full.as_ref().ok_or_else(hasher_died)?;
+        full.send((buf, n)).map_err(|_| hasher_died())
+    }
+
+    fn finish(mut self) -> Result<Digest> {
+        drop(self.full.take());
+        let thread = self.thread.take().ok_or_else(hasher_died)?;
+        thread
+            .join()
+            .map(Hasher::finalize)
+            .map_err(|_| hasher_died())
+    }
+}
+
+fn hasher_died() -> ClientError {
+    ClientError::Local("the hashing thread stopped".into())
+}
+
+enum SinkHasher {
+    /// Small bodies: a thread would cost more than the hashing.
+    Inline(Hasher),
+    Thread(HashWorker),
+}
+
 /// Where a download's body goes: a partial file beside the target, hashed as it is written,
 /// renamed to the target only once the whole file verifies.
 struct DownloadSink {
     file: File,
     partial: PathBuf,
     target: PathBuf,
-    hasher: Hasher,
+    hasher: SinkHasher,
     expected: Digest,
+    /// Whether a [`PartialMeta`] record is beside the partial, to be removed with it.
+    record: bool,
 }
 
 impl DownloadSink {
-    fn open(item: &GetItem, size: u64, offset: u64, expected: &Digest) -> Result<Self> {
+    fn open(
+        item: &GetItem,
+        size: u64,
+        offset: u64,
+        expected: &Digest,
+        leftover: &Leftover,
+    ) -> Result<Self> {
         let partial = partial_path(&item.local, PARTIAL_SUFFIX);
         let io = |e| ClientError::io(partial.display().to_string(), e);
         let mut hasher = Hasher::new(expected.algo());
-        let file = if offset > 0 {
+        let large = size >= LARGE_FILE;
+        let (file, record) = if offset > 0 {
             // Resuming: the prefix we hold is part of what the hash covers.
             let mut f = OpenOptions::new()
                 .read(true)
@@ -548,18 +641,36 @@ impl DownloadSink {
                 left -= want as u64;
             }
             f.set_len(offset).map_err(io)?;
-            f
+            (f, true)
         } else {
-            let f = File::create(&partial).map_err(io)?;
-            PartialMeta {
-                remote: item.remote.clone(),
-                size,
-                hash: expected.clone(),
-                held: 0,
+            if !large && !matches!(leftover, Leftover::Nothing) {
+                // A record from an earlier run must not outlive the partial it described:
+                // beside this new partial it would let a later resume splice two files.
+                let record = partial_path(&item.local, PARTIAL_META_SUFFIX);
+                match fs::remove_file(&record) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(ClientError::io(record.display().to_string(), e));
+                    }
+                    _ => {}
+                }
             }
-            .save(&item.local)
-            .map_err(io)?;
-            f
+            let f = File::create(&partial).map_err(io)?;
+            if large {
+                PartialMeta {
+                    remote: item.remote.clone(),
+                    size,
+                    hash: expected.clone(),
+                    held: 0,
+                }
+                .save(&item.local)
+                .map_err(io)?;
+            }
+            (f, large)
+        };
+        let hasher = if large {
+            SinkHasher::Thread(HashWorker::start(hasher).map_err(io)?)
+        } else {
+            SinkHasher::Inline(hasher)
         };
         Ok(DownloadSink {
             file,
@@ -567,20 +678,85 @@ impl DownloadSink {
             target: item.local.clone(),
             hasher,
             expected: expected.clone(),
+            record,
         })
     }
 
-    fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        self.hasher.update(chunk);
-        self.file
-            .write_all(chunk)
-            .map_err(|e| ClientError::io(self.partial.display().to_string(), e))
+    /// Writes and hashes the whole body. The outer error means the connection failed; the
+    /// inner one is a local failure, after which the body is still read to its end so the
+    /// connection stays usable.
+    async fn receive(
+        &mut self,
+        reader: &mut crate::conn::FrameReader<'_>,
+        scratch: &mut [u8],
+        progress: &dyn Progress,
+    ) -> Result<Option<ClientError>> {
+        let partial = &self.partial;
+        let io = |e| ClientError::io(partial.display().to_string(), e);
+        let mut local_error = None;
+        match &mut self.hasher {
+            SinkHasher::Inline(hasher) => {
+                let file = &mut self.file;
+                reader
+                    .read_body(scratch, |chunk| {
+                        if local_error.is_none() {
+                            hasher.update(chunk);
+                            if let Err(e) = file.write_all(chunk) {
+                                local_error = Some(io(e));
+                            }
+                        }
+                        progress.advance(chunk.len() as u64);
+                        Ok(())
+                    })
+                    .await?;
+            }
+            SinkHasher::Thread(worker) => {
+                while reader.body_remaining() > 0 {
+                    let mut buf = match worker.buffer().await {
+                        Ok(buf) => buf,
+                        Err(e) => {
+                            local_error = Some(e);
+                            break;
+                        }
+                    };
+                    let n = reader.fill_body(&mut buf).await?;
+                    progress.advance(n as u64);
+                    // Written before it goes to the hasher, so each buffer has one owner at a
+                    // time.
+                    let sent = self
+                        .file
+                        .write_all(&buf[..n])
+                        .map_err(io)
+                        .and_then(|()| worker.hash(buf, n));
+                    if let Err(e) = sent {
+                        local_error = Some(e);
+                        break;
+                    }
+                }
+                if local_error.is_some() {
+                    reader
+                        .read_body(scratch, |chunk| {
+                            progress.advance(chunk.len() as u64);
+                            Ok(())
+                        })
+                        .await?;
+                }
+            }
+        }
+        Ok(local_error)
     }
 
     fn finish(self, remote: &str, mtime: i64) -> Result<Digest> {
-        let actual = self.hasher.finalize();
+        let actual = match self.hasher {
+            SinkHasher::Inline(h) => h.finalize(),
+            SinkHasher::Thread(w) => w.finish()?,
+        };
         if actual != self.expected {
-            PartialMeta::discard(&self.target);
+            drop(self.file);
+            let _ = fs::remove_file(&self.partial);
+            if self.record {
+                let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
+            }
             return Err(ClientError::ChecksumMismatch {
                 path: remote.to_owned(),
                 expected: self.expected,
@@ -589,10 +765,13 @@ impl DownloadSink {
         }
         let io = |e| ClientError::io(self.target.display().to_string(), e);
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+        // On the open descriptor (futimens), which saves looking the path up again.
         let _ = self.file.set_modified(when);
         drop(self.file);
         fs::rename(&self.partial, &self.target).map_err(io)?;
-        let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
+        if self.record {
+            let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
+        }
         Ok(actual)
     }
 }

@@ -717,3 +717,210 @@ fn two_paths_name_the_copy_when_the_destination_is_not_a_directory() {
     assert_ne!(out.status.code(), Some(0));
     assert!(!local.path().join("missing").exists());
 }
+
+/// What a [`scripted_get_server`] connection serves for every `get`: a file that claims
+/// `hash`, of which only the first `send` bytes are sent before the connection closes.
+struct Serve {
+    content: Vec<u8>,
+    hash: Digest,
+    send: usize,
+}
+
+impl Serve {
+    fn whole(content: Vec<u8>) -> Serve {
+        let hash = Digest::of(HashAlgo::Blake3, &content);
+        let send = content.len();
+        Serve {
+            content,
+            hash,
+            send,
+        }
+    }
+
+    fn cut_at(content: Vec<u8>, send: usize) -> Serve {
+        Serve {
+            send,
+            ..Serve::whole(content)
+        }
+    }
+}
+
+/// A fake server that serves one file, named whatever is asked for, as `script` says: the
+/// first connection gets `script[0]`, the next `script[1]`, and so on. It can do what a real
+/// server cannot be made to: die mid-body at an exact byte, or send bytes that do not match
+/// the hash it declared.
+fn scripted_get_server(script: Vec<Serve>) -> std::net::SocketAddr {
+    use bytes::BytesMut;
+    use ferry_proto::{Entry, EntryKind, FrameDecoder, FrameEvent, Reply, ReplyFrame, Request};
+    use ferry_proto::{RequestFrame, WireError};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for serve in script {
+            let Ok((mut sock, _)) = listener.accept() else {
+                return;
+            };
+            let mut dec = FrameDecoder::new(1 << 20);
+            let mut buf = BytesMut::new();
+            'frames: loop {
+                let header = loop {
+                    if let Some(FrameEvent::Header(h)) = dec.decode(&mut buf).unwrap() {
+                        break h;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = sock.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break 'frames;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let req = RequestFrame::from_header(header, &Default::default()).unwrap();
+                let size = serve.content.len() as u64;
+                let is_get = matches!(req.request, Request::Get { .. });
+                let (reply, body): (Result<Reply, WireError>, &[u8]) = match req.request {
+                    Request::Hello { .. } => (
+                        Ok(Reply::Hello {
+                            version: 1,
+                            features: vec![],
+                            server: "scripted".into(),
+                            peer: String::new(),
+                            max_header: 65536,
+                        }),
+                        b"",
+                    ),
+                    Request::Login { user, .. } => (
+                        Ok(Reply::Login {
+                            user,
+                            cwd: "/".into(),
+                        }),
+                        b"",
+                    ),
+                    Request::Stat { path, .. } => (
+                        Ok(Reply::Stat(Entry {
+                            name: path,
+                            kind: EntryKind::File,
+                            size,
+                            mtime: 0,
+                            hash: None,
+                        })),
+                        b"",
+                    ),
+                    // Always from the start: a client asking to resume must cope with that.
+                    Request::Get { path, .. } => (
+                        Ok(Reply::Get {
+                            path,
+                            size,
+                            offset: 0,
+                            mtime: 0,
+                            hash: serve.hash.clone(),
+                        }),
+                        &serve.content[..serve.send],
+                    ),
+                    Request::Quit => (Ok(Reply::Quit), b""),
+                    other => (
+                        Err(WireError::new(
+                            ferry_proto::ErrorCode::NotFound,
+                            format!("{other:?}"),
+                        )),
+                        b"",
+                    ),
+                };
+                let frame = match reply {
+                    Ok(r) => ReplyFrame::ok(req.id, r),
+                    Err(e) => ReplyFrame::err(req.id, e),
+                };
+                let mut out = BytesMut::new();
+                frame.encode(1 << 24, &mut out).unwrap();
+                out.extend_from_slice(body);
+                let cut = is_get && serve.send < serve.content.len();
+                if sock.write_all(&out).is_err() || cut {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+fn get_from(addr: std::net::SocketAddr, dir: &Path, extra: &[&str]) -> std::process::Output {
+    run(std::process::Command::new(common::BIN)
+        .args(["get", "--json"])
+        .args(extra)
+        .arg("x.bin")
+        .arg(dir)
+        .env("FERRY_SERVER", addr.to_string())
+        .env("FERRY_USER", "x")
+        .env("FERRY_PASSWORD", "x")
+        .env("FERRY_PLAIN", "1"))
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_interrupted_small_download_is_never_resumed_and_is_redone_whole() {
+    let large = bytes(21, 2 * 1024 * 1024 + 5);
+    let small_a = bytes(22, 3000);
+    let small_b = bytes(23, 3000);
+    let addr = scripted_get_server(vec![
+        // A large download dies: its partial and record stay, to be resumed.
+        Serve::cut_at(large, 1024 * 1024 + 3),
+        // The file is now small and a fresh download (no resume) of it dies too: the old
+        // record must not be left beside this partial, which holds another file's bytes.
+        Serve::cut_at(small_a, 1000),
+        // It changed again; the download starts over instead of splicing onto the partial.
+        Serve::whole(small_b.clone()),
+    ]);
+    let dst = tempfile::tempdir().unwrap();
+    let target = dst.path().join("x.bin");
+
+    let out = get_from(addr, dst.path(), &[]);
+    assert!(!out.status.success());
+    assert_eq!(
+        names_in(dst.path()),
+        ["x.bin.ferry-part", "x.bin.ferry-part.json"]
+    );
+
+    let out = get_from(addr, dst.path(), &["--no-resume"]);
+    assert!(!out.status.success());
+    assert!(!target.exists(), "no final file before verification");
+    assert_eq!(names_in(dst.path()), ["x.bin.ferry-part"], "no record");
+    assert_eq!(
+        fs::read(dst.path().join("x.bin.ferry-part")).unwrap().len(),
+        1000
+    );
+
+    let out = get_from(addr, dst.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["files"][0]["resumed_from"], 0, "{report}");
+    assert_eq!(fs::read(&target).unwrap(), small_b);
+    assert_eq!(names_in(dst.path()), ["x.bin"]);
+}
+
+#[test]
+fn a_corrupted_large_download_leaves_nothing_under_the_final_name() {
+    let content = bytes(24, 5 * 1024 * 1024 + 17);
+    let mut claimed = content.clone();
+    // Only the last byte differs, so the mismatch shows only after the final buffer hashed.
+    *claimed.last_mut().unwrap() ^= 1;
+    let addr = scripted_get_server(vec![Serve {
+        send: content.len(),
+        hash: Digest::of(HashAlgo::Blake3, &claimed),
+        content,
+    }]);
+    let dst = tempfile::tempdir().unwrap();
+    let out = get_from(addr, dst.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("\"checksum_mismatch\""), "{stdout}");
+    assert_eq!(names_in(dst.path()), Vec::<String>::new());
+}
