@@ -32,8 +32,8 @@ pub struct ServerConfig {
     pub throttle: crate::throttle::ThrottlePolicy,
     /// Sessions one user may have logged in at once; one more login is answered `busy`.
     pub max_sessions_per_user: usize,
-    /// A user's measured disk usage is reused by logins within this long of the measurement
-    /// once no session holds it (see `quota::REMEASURE_AFTER`).
+    /// A user's measured disk usage is reused by a login within this long of their previous
+    /// login, even with no session open between them (see `quota::REMEASURE_AFTER`).
     pub remeasure_after: Duration,
     /// TLS settings; `None` serves plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,

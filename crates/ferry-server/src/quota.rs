@@ -123,10 +123,10 @@ impl Drop for Reservation {
     }
 }
 
-/// How long a measurement of a home is trusted once no session uses it. Within this a new
-/// login reuses it instead of walking the home again (a client that connects once per
-/// command would otherwise pay a walk of every file per command); after it the next login
-/// measures the disk again, picking up changes made by hand while the user was away.
+/// How long a user's measured usage is kept after their last login while no session uses
+/// it. A login within this reuses it instead of walking the home again (a client that
+/// connects once per command would otherwise pay a walk of every file per command); a login
+/// after a longer absence measures the disk again, picking up changes made by hand.
 pub const REMEASURE_AFTER: Duration = Duration::from_secs(60);
 
 /// Every user's [`UserUsage`], created on first need.
@@ -152,16 +152,18 @@ impl QuotaBook {
             .clone()
     }
 
-    /// Drops the user's accountant if no session holds it and it was measured longer than
-    /// `max_age` ago, so the next login measures the disk again (files placed or removed by
-    /// hand, `ferry user del --purge` and re-add).
+    /// At a login: drops the user's accountant if no session holds it and the previous login
+    /// was longer than `max_age` ago, so the next login measures the disk again (files placed
+    /// or removed by hand, `ferry user del --purge` and re-add); otherwise marks this login.
     pub fn forget_if_stale(&self, user: &str, max_age: Duration) {
         let mut users = self.users.lock().unwrap();
-        if users
-            .get(user)
-            .is_some_and(|(u, at)| Arc::strong_count(u) == 1 && at.elapsed() >= max_age)
-        {
+        let Some((usage, seen)) = users.get_mut(user) else {
+            return;
+        };
+        if Arc::strong_count(usage) == 1 && seen.elapsed() >= max_age {
             users.remove(user);
+        } else {
+            *seen = Instant::now();
         }
     }
 }
