@@ -179,6 +179,10 @@ impl Session {
         conn: &mut Conn,
     ) -> Result<Flow, ConnError> {
         let RequestFrame { id, request, .. } = frame;
+        if let Request::Put { hash: None, .. } = &request {
+            // Whatever becomes of the put, its put_hash frame follows the body.
+            conn.expect_trailer(id);
+        }
         if let Err(e) = self.admit(&request) {
             conn.queue(&ReplyFrame::err(id, e));
             return Ok(Flow::Continue);
@@ -229,9 +233,13 @@ impl Session {
                 };
                 ops::put::run(self, conn, args).await?
             }
-            Request::Resume { path, size, hash } => {
-                ops::resume::run(self, &path, size, &hash).await
-            }
+            Request::PutHash { .. } => Err(ops::put_hash::stray()),
+            Request::Resume {
+                path,
+                size,
+                hash,
+                mtime,
+            } => ops::resume::run(self, &path, size, hash.as_ref(), mtime).await,
             Request::Get { path, offset, algo } => {
                 match ops::get::run(self, &path, offset, algo).await {
                     Ok(ready) => {
@@ -325,9 +333,14 @@ pub async fn serve_connection(
                 return;
             }
         };
+        let deferred_put = is_put_without_hash(&header);
         let flow = match RequestFrame::from_header(header, &limits) {
             Ok(frame) => session.handle(frame, &mut conn).await,
             Err(rejected) => {
+                if deferred_put {
+                    // The client will send the put_hash anyway; it is read and dropped below.
+                    conn.expect_trailer(rejected.id);
+                }
                 conn.queue(&ReplyFrame::err(rejected.id, rejected.error.to_wire()));
                 Ok(Flow::Continue)
             }
@@ -341,7 +354,9 @@ pub async fn serve_connection(
                 return;
             }
         };
-        if conn.body_remaining() > 0 {
+        // A header put back (a frame that came where a put_hash was due) keeps its body for
+        // when it is handled, next.
+        if conn.body_remaining() > 0 && !conn.holds_put_back() {
             if let Err(e) = conn.discard_body().await {
                 if fail(&mut conn, e) {
                     break;
@@ -351,6 +366,21 @@ pub async fn serve_connection(
         }
         if flow == Flow::Close {
             break;
+        }
+        // A put without hash that ended before reading its put_hash (refused, failed): the
+        // trailer is dropped unanswered, the put's reply said all. Any other frame there is
+        // put back and handled as itself.
+        if conn.trailer_is_due() {
+            match ops::put_hash::read(&mut conn, &limits, &shutdown).await {
+                Ok(ops::put_hash::Trailer::Closed) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if fail(&mut conn, e) {
+                        break;
+                    }
+                    return;
+                }
+            }
         }
     }
     conn.close().await;
@@ -394,11 +424,45 @@ pub fn open_regular(home: &Home, path: &VPath) -> Result<File, OpError> {
     Ok(file)
 }
 
-/// The partial file of an upload identity: a hash of (user, path, size, hash), so two
-/// different files never share a partial and the name reveals nothing.
-pub fn partial_name(user: &str, path: &VPath, size: u64, hash: &Digest) -> String {
+/// Whether a request header (valid or not) is a `put` without `hash`, which a `put_hash`
+/// frame follows.
+fn is_put_without_hash(header: &ferry_proto::Header) -> bool {
+    use serde_json::Value;
+    header.fields.get("op").and_then(Value::as_str) == Some("put")
+        && header.fields.get("hash").is_none_or(Value::is_null)
+}
+
+/// What tells uploads of the same size to the same path apart.
+#[derive(Debug, Clone, Copy)]
+pub enum UploadKey<'a> {
+    /// The hash the put declares in its header.
+    Hash(&'a Digest),
+    /// A put whose hash comes after the body: the client's modification time of the file.
+    /// A prefix held under this key may belong to another version of the file; the
+    /// whole-file check after the body catches that (`checksum_mismatch`, partial removed).
+    Mtime(Option<i64>),
+}
+
+impl<'a> UploadKey<'a> {
+    pub fn of_put(hash: Option<&'a Digest>, mtime: Option<i64>) -> Self {
+        match hash {
+            Some(h) => UploadKey::Hash(h),
+            None => UploadKey::Mtime(mtime),
+        }
+    }
+}
+
+/// The partial file of an upload identity: a hash of (user, path, size, key), so two
+/// different files known by their hash never share a partial and the name reveals nothing.
+pub fn partial_name(user: &str, path: &VPath, size: u64, key: UploadKey<'_>) -> String {
+    let key = match key {
+        UploadKey::Hash(hash) => hash.to_string(),
+        // Digests read `algo:hex`, so these never equal one.
+        UploadKey::Mtime(Some(t)) => format!("mtime:{t}"),
+        UploadKey::Mtime(None) => "mtime:none".to_owned(),
+    };
     let mut h = blake3::Hasher::new();
-    for part in [user, &path.display(), &size.to_string(), &hash.to_string()] {
+    for part in [user, &path.display(), &size.to_string(), &key] {
         h.update(part.as_bytes());
         h.update(b"\0");
     }

@@ -8,7 +8,9 @@
 //!    channel to a blocking writer, which hashes (the held prefix first, then every chunk)
 //!    and writes them, so disk IO and hashing overlap with the network and never run on an
 //!    async worker thread. No second pass: the hash is complete when the last byte lands.
-//! 4. Compare with the declared hash (mismatch: delete the partial, `checksum_mismatch`),
+//! 4. Compare with the declared hash — from the header, or for a put sent without one from the
+//!    `put_hash` frame that must follow the body (see [`super::put_hash`]) — (mismatch: delete
+//!    the partial, `checksum_mismatch`),
 //!    set the mtime, fsync, then `renameat2` the partial into the home (`RENAME_NOREPLACE`
 //!    unless overwriting), fsync the directory, record the hash of record.
 //!
@@ -23,15 +25,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cap_std::fs::{MetadataExt, OpenOptions};
-use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply};
+use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, ProtoError, Reply};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::put_hash::{self, Trailer};
 use super::{OpError, blocking};
 use crate::conn::{Conn, ConnError};
 use crate::hashes::FileStamp;
 use crate::home::{VPath, rename_at};
 use crate::quota::Reservation;
-use crate::session::{Session, UploadGuard, partial_name};
+use crate::session::{Session, UploadGuard, UploadKey, partial_name};
 
 /// Chunks in flight between the socket and the writer (each up to the socket buffer size).
 const CHANNEL_DEPTH: usize = 16;
@@ -43,7 +47,8 @@ const SPLIT_HASH_AT: u64 = 4 << 20;
 pub struct PutArgs {
     pub path: String,
     pub size: u64,
-    pub hash: Digest,
+    /// `None`: the hash comes in a `put_hash` frame after the body (always blake3).
+    pub hash: Option<Digest>,
     pub offset: u64,
     pub overwrite: bool,
     pub mtime: Option<i64>,
@@ -77,7 +82,12 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
         return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
     }
     let user = s.user()?;
-    let pname = partial_name(&user.name, &target, a.size, &a.hash);
+    let pname = partial_name(
+        &user.name,
+        &target,
+        a.size,
+        UploadKey::of_put(a.hash.as_ref(), a.mtime),
+    );
     let guard = UploadGuard::acquire(&s.shared, &user.name, &target, &pname).ok_or_else(|| {
         OpError::new(
             ErrorCode::Busy,
@@ -273,7 +283,8 @@ async fn transfer(
     let user = s.user().expect("put runs logged in");
     let started = std::time::Instant::now();
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let (offset, size, algo) = (a.offset, a.size, a.hash.algo());
+    let algo = a.hash.as_ref().map_or(HashAlgo::Blake3, Digest::algo);
+    let (offset, size) = (a.offset, a.size);
     let writer = tokio::task::spawn_blocking(move || write_partial(p.file, offset, size, algo, rx));
     let mut conn_err = None;
     let mut writer_alive = true;
@@ -323,7 +334,44 @@ async fn transfer(
             return Ok(Err(OpError::io(&p.target, e)));
         }
     };
-    if digests[0] != a.hash {
+    let declared = match a.hash {
+        Some(h) => h,
+        None => {
+            let limits = s.shared.config.limits;
+            // The put is in flight: a shutdown waits for it (grace period) rather than
+            // cutting the wait for its trailer short.
+            let trailer = match put_hash::read(conn, &limits, &CancellationToken::new()).await {
+                Ok(Trailer::Hash(h)) if h.algo() == HashAlgo::Blake3 => Ok(h),
+                Ok(Trailer::Hash(h)) => Err(format!(
+                    "put_hash must be a blake3 digest, got {}",
+                    h.algo()
+                )),
+                Ok(Trailer::Missing(why)) => Err(why),
+                gone => {
+                    // Every body byte arrived: keep them for a resume, which then only needs
+                    // to send the trailer (offset = size).
+                    user.usage.adjust((size - offset) as i64, 0);
+                    drop(p.reservation);
+                    return Err(match gone {
+                        Err(e) => e,
+                        _ => ProtoError::Truncated("before the put_hash of a put").into(),
+                    });
+                }
+            };
+            match trailer {
+                Ok(h) => h,
+                Err(why) => {
+                    drop(p.reservation);
+                    remove_partial(p.pname).await;
+                    return Ok(Err(OpError::new(
+                        ErrorCode::BadRequest,
+                        format!("{}: {why}; the upload is discarded", p.target.display()),
+                    )));
+                }
+            }
+        }
+    };
+    if digests[0] != declared {
         drop(p.reservation);
         remove_partial(p.pname).await;
         return Ok(Err(OpError::new(
@@ -332,7 +380,7 @@ async fn transfer(
                 "{}: the uploaded bytes hash to {}, not the declared {}",
                 p.target.display(),
                 digests[0],
-                a.hash
+                declared
             ),
         )));
     }
@@ -396,7 +444,7 @@ async fn transfer(
             Ok(Ok(Reply::Put {
                 path: p.target.display(),
                 size: a.size,
-                hash: a.hash,
+                hash: declared,
             }))
         }
         Err(e) => {
