@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use ferry_proto::{Digest, HashAlgo, Hasher, Reply, Request, RequestFrame};
+use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply, Request, RequestFrame};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -17,7 +17,9 @@ use crate::error::{ClientError, Result};
 use crate::progress::Progress;
 
 /// Files at least this large are asked about (`resume`) before upload, and read with
-/// sendfile instead of into memory.
+/// sendfile instead of into memory. When the server has `hash-after-body`, they are hashed
+/// on a thread of their own while their body is sent, and the hash follows the body in a
+/// `put_hash` frame; smaller files are read once into memory for both.
 pub const LARGE_FILE: u64 = 1 << 20;
 
 /// Suffix of a download in progress, beside its final name.
@@ -35,7 +37,8 @@ pub struct PutItem {
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
     pub overwrite: bool,
-    /// Continue interrupted uploads of the same file (same path, size and hash).
+    /// Continue interrupted uploads of the same file (same path and size, and same hash or,
+    /// when the hash is sent after the body, same modification time).
     pub resume: bool,
 }
 
@@ -98,8 +101,18 @@ enum PutSent {
 /// A large file's identity, worked out before the upload so `resume` can be asked.
 struct Prepared {
     size: u64,
-    hash: Digest,
+    /// `None`: the hash is computed while the body is sent and follows it (`put_hash`).
+    hash: Option<Digest>,
+    mtime: Option<i64>,
     offset: u64,
+}
+
+/// What one round of uploads gave for an item.
+enum PutRetry {
+    Failed(ClientError),
+    /// A resumed upload failed the server's whole-file check: the prefix it held belonged to
+    /// another version of the file (and is gone now). Upload it again from the start.
+    Restart,
 }
 
 impl Client {
@@ -111,6 +124,44 @@ impl Client {
         opts: &PutOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<Result<PutOutcome>>> {
+        let mut results = self.put_round(items, opts, progress).await?;
+        // A resumed prefix that turned out to belong to another version of the file (the
+        // server keys hash-after-body partials by size and mtime, not content) was discarded
+        // by the server; upload those files again from the start, once.
+        let retry: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(PutRetry::Restart)))
+            .map(|(i, _)| i)
+            .collect();
+        if !retry.is_empty() {
+            let again: Vec<PutItem> = retry.iter().map(|&i| items[i].clone()).collect();
+            let fresh = PutOptions {
+                resume: false,
+                ..opts.clone()
+            };
+            let redone = self.put_round(&again, &fresh, progress).await?;
+            for (i, r) in retry.into_iter().zip(redone) {
+                results[i] = r;
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    PutRetry::Failed(e) => e,
+                    PutRetry::Restart => ClientError::Local("upload restarted twice".into()),
+                })
+            })
+            .collect())
+    }
+
+    async fn put_round(
+        &mut self,
+        items: &[PutItem],
+        opts: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Result<PutOutcome, PutRetry>>> {
         let prepared = self.prepare_large_puts(items, opts).await?;
         let first_id = self.reserve_ids(items.len());
         let (mut reader, mut writer) = self.conn.split();
@@ -142,13 +193,13 @@ impl Client {
             writer.flush().await
         };
         let receive = async {
-            let mut results: Vec<Option<Result<PutOutcome>>> =
+            let mut results: Vec<Option<Result<PutOutcome, PutRetry>>> =
                 (0..items.len()).map(|_| None).collect();
             while let Some(sent) = rx.recv().await {
                 match sent {
                     PutSent::LocalError { index, error } => {
                         progress.finish_file(&items[index].remote, false);
-                        results[index] = Some(Err(error));
+                        results[index] = Some(Err(PutRetry::Failed(error)));
                     }
                     PutSent::Request { index, id, offset } => {
                         let reply = reader.read_reply().await?;
@@ -160,10 +211,15 @@ impl Client {
                                 hash,
                                 resumed_from: offset,
                             }),
-                            Ok(other) => Err(unexpected("put", &other)),
-                            Err(e) => Err(ClientError::Remote(e)),
+                            Ok(other) => Err(PutRetry::Failed(unexpected("put", &other))),
+                            Err(e) if offset > 0 && e.code == ErrorCode::ChecksumMismatch => {
+                                Err(PutRetry::Restart)
+                            }
+                            Err(e) => Err(PutRetry::Failed(ClientError::Remote(e))),
                         };
-                        progress.finish_file(&items[index].remote, outcome.is_ok());
+                        if !matches!(outcome, Err(PutRetry::Restart)) {
+                            progress.finish_file(&items[index].remote, outcome.is_ok());
+                        }
                         results[index] = Some(outcome);
                     }
                 }
@@ -174,33 +230,44 @@ impl Client {
         sent?;
         Ok(received?
             .into_iter()
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+            .map(|r| r.unwrap_or(Err(PutRetry::Failed(ClientError::Closed))))
             .collect())
     }
 
-    /// Hashes the large files and asks, in one pipelined round, how much of each the server
-    /// already holds from an interrupted upload.
+    /// Works out the large files' identities and asks, in one pipelined round, how much of
+    /// each the server already holds from an interrupted upload. With `hash-after-body` the
+    /// identity is size and mtime, and nothing is read here; otherwise each file is hashed
+    /// first, since the put header carries the hash.
     async fn prepare_large_puts(
         &mut self,
         items: &[PutItem],
         opts: &PutOptions,
     ) -> Result<Vec<Option<Prepared>>> {
+        let deferred = self
+            .hello()
+            .features
+            .iter()
+            .any(|f| f == ferry_proto::message::HASH_AFTER_BODY);
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(items.len());
         let mut asks = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            let size = match fs::metadata(&item.local) {
-                Ok(m) if m.is_file() && m.len() >= LARGE_FILE => m.len(),
+            let (size, mtime) = match fs::metadata(&item.local) {
+                Ok(m) if m.is_file() && m.len() >= LARGE_FILE => (m.len(), mtime_secs(&m)),
                 _ => {
                     prepared.push(None);
                     continue;
                 }
             };
-            let hash = match hash_file(&item.local, HashAlgo::Blake3) {
-                Ok(h) => h,
-                Err(_) => {
-                    // The send step reports the error for this item.
-                    prepared.push(None);
-                    continue;
+            let hash = if deferred {
+                None
+            } else {
+                match hash_file(&item.local, HashAlgo::Blake3) {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        // The send step reports the error for this item.
+                        prepared.push(None);
+                        continue;
+                    }
                 }
             };
             if opts.resume {
@@ -209,6 +276,7 @@ impl Client {
                     Request::Resume {
                         path: item.remote.clone(),
                         size,
+                        mtime: if hash.is_none() { mtime } else { None },
                         hash: hash.clone(),
                     },
                 ));
@@ -216,6 +284,7 @@ impl Client {
             prepared.push(Some(Prepared {
                 size,
                 hash,
+                mtime,
                 offset: 0,
             }));
         }
@@ -410,7 +479,13 @@ async fn send_one_put(
     }
     let mtime = mtime_secs(&meta);
     match prepared {
-        Some(p) if p.size == meta.len() => {
+        Some(p) if p.size == meta.len() && (p.hash.is_some() || p.mtime == mtime) => {
+            // Without a hash in the header, hash the file on a thread of its own while the
+            // body goes out (both read the same, open file); the hash follows the body.
+            let hashing = match p.hash {
+                Some(_) => None,
+                None => Some(spawn_hash(file.try_clone().map_err(local)?)),
+            };
             let body_len = p.size - p.offset;
             let frame = RequestFrame {
                 id,
@@ -429,10 +504,26 @@ async fn send_one_put(
             writer
                 .send_file(&file, p.offset, body_len, progress)
                 .await?;
+            if let Some(hashing) = hashing {
+                // The server now waits for this frame: a file we cannot hash after sending it
+                // fails the connection (an I/O error), not just this item.
+                let hash = hashing
+                    .await
+                    .map_err(|_| {
+                        ClientError::io(
+                            item.local.display().to_string(),
+                            std::io::Error::other("the hashing thread died"),
+                        )
+                    })?
+                    .map_err(local)?;
+                writer
+                    .queue(&RequestFrame::new(id, Request::PutHash { hash }))
+                    .await?;
+            }
             Ok(p.offset)
         }
         Some(_) => Err(ClientError::Local(format!(
-            "{}: changed size while being uploaded",
+            "{}: changed while being uploaded",
             item.local.display()
         ))),
         None => {
@@ -446,7 +537,7 @@ async fn send_one_put(
                 request: Request::Put {
                     path: item.remote.clone(),
                     size,
-                    hash,
+                    hash: Some(hash),
                     offset: 0,
                     overwrite: opts.overwrite,
                     mtime,
@@ -460,6 +551,37 @@ async fn send_one_put(
             Ok(0)
         }
     }
+}
+
+/// Hashes (blake3) all of an open file on a thread of its own; the result arrives on the
+/// returned channel. Positioned reads, so the descriptor's offset is left alone.
+fn spawn_hash(file: File) -> tokio::sync::oneshot::Receiver<std::io::Result<Digest>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let hash = move || {
+        use std::os::unix::fs::FileExt;
+        let mut hasher = Hasher::new(HashAlgo::Blake3);
+        let mut buf = vec![0u8; crate::conn::IO_CHUNK];
+        let mut pos = 0u64;
+        loop {
+            match file.read_at(&mut buf, pos) {
+                Ok(0) => return Ok(hasher.finalize()),
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    pos += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("ferry-put-hash".into())
+        .spawn(move || {
+            let _ = tx.send(hash());
+        });
+    // If no thread can be made, `tx` is dropped with the closure: the receiver reports it.
+    drop(spawned);
+    rx
 }
 
 fn mtime_secs(meta: &fs::Metadata) -> Option<i64> {

@@ -23,7 +23,12 @@ pub const FEATURES: &[&str] = &[
     "hash:blake3",
     "hash:sha256",
     "hash:md5",
+    "hash-after-body",
 ];
+
+/// The feature that lets a `put` leave out its `hash` and send it in a `put_hash` frame right
+/// after the body, so a client can start sending before it has read the file to hash it.
+pub const HASH_AFTER_BODY: &str = "hash-after-body";
 
 /// Sizes the decoder and the message checks enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,11 +104,14 @@ pub enum Request {
         overwrite: bool,
     },
     /// Upload: the body carries bytes `offset..size` of a file whose whole content hashes to
-    /// `hash`. `offset` is non-zero only when resuming (see [`Request::Resume`]).
+    /// `hash`. `offset` is non-zero only when resuming (see [`Request::Resume`]). Without
+    /// `hash` (feature `hash-after-body`), a [`Request::PutHash`] with the same id must follow
+    /// the body directly.
     Put {
         path: String,
         size: u64,
-        hash: Digest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<Digest>,
         #[serde(default, skip_serializing_if = "is_zero")]
         offset: u64,
         #[serde(default, skip_serializing_if = "is_false")]
@@ -112,11 +120,22 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime: Option<i64>,
     },
-    /// Asks how many bytes of an interrupted upload of exactly this file the server holds.
+    /// The trailer of a `put` sent without `hash`: the whole file's blake3 digest, in a frame
+    /// of its own (same id as the put, no body) right after the put's body. The put's reply
+    /// answers both frames.
+    PutHash {
+        hash: Digest,
+    },
+    /// Asks how many bytes of an interrupted upload of exactly this file the server holds:
+    /// the upload is known by `hash` when the put declares one, else by `mtime` (a put that
+    /// sends its hash after the body).
     Resume {
         path: String,
         size: u64,
-        hash: Digest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<Digest>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
     },
     /// Download bytes `offset..` of a file; the reply carries the whole file's hash in `algo`
     /// (the hash of record when absent).
@@ -151,10 +170,13 @@ fn is_zero(n: &u64) -> bool {
 
 impl Request {
     /// Every op this version knows, as written on the wire.
-    pub const OPS: [&'static str; 14] = [
-        "hello", "login", "pwd", "cd", "ls", "stat", "mkdir", "rm", "mv", "put", "resume", "get",
-        "bench", "quit",
+    pub const OPS: [&'static str; 15] = [
+        "hello", "login", "pwd", "cd", "ls", "stat", "mkdir", "rm", "mv", "put", "put_hash",
+        "resume", "get", "bench", "quit",
     ];
+
+    /// Ops that are never answered on their own: a `put_hash` is answered by its put's reply.
+    pub const TRAILER_OPS: [&'static str; 1] = ["put_hash"];
 
     pub fn op(&self) -> &'static str {
         match self {
@@ -168,6 +190,7 @@ impl Request {
             Request::Rm { .. } => "rm",
             Request::Mv { .. } => "mv",
             Request::Put { .. } => "put",
+            Request::PutHash { .. } => "put_hash",
             Request::Resume { .. } => "resume",
             Request::Get { .. } => "get",
             Request::Bench { .. } => "bench",

@@ -353,13 +353,14 @@ fn missing_fields() {
         (r#"{"id":4,"op":"hello"}"#, "hello"),
         (r#"{"id":4,"op":"cd"}"#, "cd"),
         (r#"{"id":4,"op":"mv","from":"a"}"#, "mv"),
-        (r#"{"id":4,"op":"put","path":"a","size":0}"#, "put"),
         (
             r#"{"id":4,"op":"put","path":"a","hash":"md5:d41d8cd98f00b204e9800998ecf8427e"}"#,
             "put",
         ),
-        (r#"{"id":4,"op":"resume","path":"a","size":0}"#, "resume"),
+        (r#"{"id":4,"op":"resume","path":"a"}"#, "resume"),
         (r#"{"id":4,"op":"get"}"#, "get"),
+        (r#"{"id":4,"op":"put_hash"}"#, "put_hash"),
+        (r#"{"id":4,"op":"put_hash","hash":null}"#, "put_hash"),
     ] {
         malformed(&rejected(json, 4), op);
     }
@@ -510,10 +511,77 @@ fn bad_digests() {
             format!(r#"{{"id":7,"op":"put","path":"a","size":3,"hash":"{hash}","body_len":3}}"#);
         malformed(&rejected(&json, 7), "put");
     }
-    for hash in ["5", "null", r#"["md5","00"]"#] {
+    for hash in ["5", r#""md5:xyz""#, r#"["md5","00"]"#] {
         let json = format!(r#"{{"id":7,"op":"resume","path":"a","size":3,"hash":{hash}}}"#);
         malformed(&rejected(&json, 7), "resume");
+        let json = format!(r#"{{"id":7,"op":"put_hash","hash":{hash}}}"#);
+        malformed(&rejected(&json, 7), "put_hash");
     }
+}
+
+/// With `hash-after-body`, `put` and `resume` may leave `hash` out (or send null); a
+/// `put_hash` frame carries it after the body, and takes no body of its own.
+#[test]
+fn hash_after_body_frames() {
+    for json in [
+        r#"{"id":4,"op":"put","path":"a","size":3,"body_len":3}"#,
+        r#"{"id":4,"op":"put","path":"a","size":3,"hash":null,"body_len":3}"#,
+    ] {
+        let f = request(json).unwrap();
+        assert!(
+            matches!(
+                &f.request,
+                Request::Put {
+                    hash: None,
+                    size: 3,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        assert_eq!(f.body_len, 3);
+    }
+    let f = request(r#"{"id":4,"op":"resume","path":"a","size":3,"mtime":-5}"#).unwrap();
+    assert_eq!(
+        f.request,
+        Request::Resume {
+            path: "a".into(),
+            size: 3,
+            hash: None,
+            mtime: Some(-5)
+        }
+    );
+    let f = request(r#"{"id":4,"op":"resume","path":"a","size":3,"hash":null}"#).unwrap();
+    assert!(matches!(
+        f.request,
+        Request::Resume {
+            hash: None,
+            mtime: None,
+            ..
+        }
+    ));
+    let f = request(&format!(r#"{{"id":4,"op":"put_hash","hash":"{MD5_ABC}"}}"#)).unwrap();
+    assert_eq!(
+        f,
+        RequestFrame::new(
+            4,
+            Request::PutHash {
+                hash: MD5_ABC.parse().unwrap()
+            }
+        )
+    );
+    // A put_hash with a body is refused (the body is skipped, the connection stays).
+    for body_len in [1, 3, u64::MAX] {
+        let e = rejected(
+            &format!(r#"{{"id":4,"op":"put_hash","hash":"{MD5_ABC}","body_len":{body_len}}}"#),
+            4,
+        );
+        assert!(matches!(e, ProtoError::BodyMismatch(_)), "{e:?}");
+        assert_err(&e, false, ErrorCode::BadRequest);
+    }
+    // The body rules of a put are the same with or without hash.
+    let e = rejected(r#"{"id":4,"op":"put","path":"a","size":3,"body_len":2}"#, 4);
+    assert!(matches!(e, ProtoError::BodyMismatch(_)), "{e:?}");
 }
 
 #[test]

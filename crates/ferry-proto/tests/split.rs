@@ -19,7 +19,7 @@ fn put_with(algo: HashAlgo, id: u64, path: &str, body: &[u8]) -> Sent {
     let request = Request::Put {
         path: path.into(),
         size: body.len() as u64,
-        hash: Digest::of(algo, body),
+        hash: Some(Digest::of(algo, body)),
         offset: 0,
         overwrite: false,
         mtime: None,
@@ -32,6 +32,34 @@ fn put_with(algo: HashAlgo, id: u64, path: &str, body: &[u8]) -> Sent {
         },
         body.to_vec(),
     )
+}
+
+/// A put without hash (feature `hash-after-body`) and its `put_hash` trailer: two frames.
+fn put_deferred(id: u64, path: &str, body: &[u8]) -> [Sent; 2] {
+    let request = Request::Put {
+        path: path.into(),
+        size: body.len() as u64,
+        hash: None,
+        offset: 0,
+        overwrite: true,
+        mtime: Some(1_700_000_000),
+    };
+    [
+        Sent::Request(
+            RequestFrame {
+                id,
+                request,
+                body_len: body.len() as u64,
+            },
+            body.to_vec(),
+        ),
+        req(
+            id,
+            Request::PutHash {
+                hash: Digest::of(HashAlgo::Blake3, body),
+            },
+        ),
+    ]
 }
 
 fn get_reply(id: u64, path: &str, file: &[u8], offset: usize) -> Sent {
@@ -66,6 +94,7 @@ fn small_stream() -> Vec<Sent> {
 /// A session with bodies of 1 byte and several KiB, requests and replies interleaved.
 fn big_stream() -> Vec<Sent> {
     let file: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let [deferred_put, deferred_hash] = put_deferred(8, "/after.bin", &file[..3000]);
     vec![
         req(
             1,
@@ -90,6 +119,8 @@ fn big_stream() -> Vec<Sent> {
         ),
         put(2, "/one-byte", b"!"),
         put(3, "/big.bin", &file),
+        deferred_put,
+        deferred_hash,
         req(
             4,
             Request::Get {

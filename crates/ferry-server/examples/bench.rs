@@ -67,7 +67,7 @@ async fn one_client(addr: std::net::SocketAddr, i: usize, size: usize) {
             Request::Put {
                 path: format!("/many/c{i}"),
                 size: size as u64,
-                hash: Digest::of(HashAlgo::Blake3, &body),
+                hash: Some(Digest::of(HashAlgo::Blake3, &body)),
                 offset: 0,
                 overwrite: true,
                 mtime: None,
@@ -247,7 +247,7 @@ async fn main() {
             Request::Put {
                 path: path.clone(),
                 size: body.len() as u64,
-                hash: hash.clone(),
+                hash: Some(hash.clone()),
                 offset: 0,
                 overwrite: false,
                 mtime: None,

@@ -107,6 +107,11 @@ pub struct Conn {
     /// Replies are encoded with this header limit (`Limits::max_reply_header`, which clients
     /// accept): far above the request limit, so large listings fit.
     reply_max_header: u32,
+    /// A header read while looking for a `put_hash` trailer that turned out to be another
+    /// frame: handed out again by the next [`Conn::next_header`].
+    put_back: Option<Header>,
+    /// The id of a `put` sent without a hash whose `put_hash` trailer has not been read yet.
+    trailer_due: Option<u64>,
 }
 
 impl Conn {
@@ -128,7 +133,36 @@ impl Conn {
             frame_timeout,
             io_buffer,
             reply_max_header,
+            put_back: None,
+            trailer_due: None,
         }
+    }
+
+    /// Hands `header` out again from the next [`Conn::next_header`]; its body (if any) is
+    /// still unread, as it was when the header came.
+    pub fn put_back(&mut self, header: Header) {
+        debug_assert!(self.put_back.is_none());
+        self.put_back = Some(header);
+    }
+
+    /// Whether a header was put back and waits, with its body, to be handled.
+    pub fn holds_put_back(&self) -> bool {
+        self.put_back.is_some()
+    }
+
+    /// Notes that a `put_hash` frame for the put `id` is to follow that put's body.
+    pub fn expect_trailer(&mut self, id: u64) {
+        self.trailer_due = Some(id);
+    }
+
+    pub fn trailer_is_due(&self) -> bool {
+        self.trailer_due.is_some()
+    }
+
+    /// The put whose `put_hash` trailer is still to come, if any; reading it is now the
+    /// caller's job.
+    pub fn take_trailer_due(&mut self) -> Option<u64> {
+        self.trailer_due.take()
     }
 
     pub fn set_max_header(&mut self, n: u32) {
@@ -160,6 +194,9 @@ impl Conn {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<Header>, ConnError> {
+        if let Some(h) = self.put_back.take() {
+            return Ok(Some(h));
+        }
         if shutdown.is_cancelled() {
             return Ok(None);
         }
@@ -223,6 +260,9 @@ impl Conn {
     /// The next request header if it is already buffered; never reads from the socket. Lets
     /// the session gather a run of pipelined requests into one batch.
     pub fn buffered_header(&mut self) -> Result<Option<Header>, ConnError> {
+        if let Some(h) = self.put_back.take() {
+            return Ok(Some(h));
+        }
         if self.decoder.body_remaining() > 0 {
             return Ok(None);
         }

@@ -31,8 +31,9 @@
 //! <root>/users.lock                    flock'd by `ferry user` while it rewrites users.json
 //! <root>/homes/<user>/                 each user's files; the user sees this as `/`
 //! <root>/state/partials/<user>/<k>.part  uploads in progress or interrupted; <k> is derived
-//!                                      from (user, path, size, hash), so partials of two
-//!                                      different files are never spliced
+//!                                      from (user, path, size, hash) — or (…, mtime) for a
+//!                                      put that sends its hash after the body, whose final
+//!                                      check discards a prefix of another version
 //! <root>/state/hashes/<user>/<ino>.json  hash of record for the file with that inode, valid
 //!                                      while its size and mtime (ns) still match
 //! <root>/state/tmp/                    temporaries for atomic rewrites

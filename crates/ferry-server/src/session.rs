@@ -25,8 +25,23 @@ use crate::root::DataRoot;
 use crate::throttle::{LoginThrottle, SessionCount, SessionSlot};
 use crate::users::UserStore;
 
-/// A request frame read but not yet handled: the one that ended a batch.
-pub type Parsed = Result<RequestFrame, Rejected>;
+/// A request frame read but not yet handled (the one that ended a batch), and whether it is
+/// a put without hash, whose `put_hash` trailer follows even if the put is rejected.
+#[derive(Debug)]
+pub struct Pending {
+    parsed: Result<RequestFrame, Rejected>,
+    deferred_put: bool,
+}
+
+impl Pending {
+    fn of(header: ferry_proto::Header, limits: &Limits) -> Self {
+        let deferred_put = is_put_without_hash(&header);
+        Pending {
+            parsed: RequestFrame::from_header(header, limits),
+            deferred_put,
+        }
+    }
+}
 
 /// Replies queued past this are written out after a batch, so a long pipelined run of
 /// downloads does not pile up in memory.
@@ -209,7 +224,9 @@ impl Session {
         matches!(self.phase, Phase::Authenticated(_))
             && match &frame.request {
                 Request::Get { .. } => true,
-                Request::Put { size, offset, .. } => *offset == 0 && *size <= ops::put::SMALL_PUT,
+                Request::Put {
+                    size, offset, hash, ..
+                } => hash.is_some() && *offset == 0 && *size <= ops::put::SMALL_PUT,
                 _ => false,
             }
     }
@@ -256,7 +273,7 @@ impl Session {
         first: RequestFrame,
         conn: &mut Conn,
         limits: &Limits,
-    ) -> Result<Option<Parsed>, ConnError> {
+    ) -> Result<Option<Pending>, ConnError> {
         let body = conn.whole_body().await?;
         let mut held = body.len() as u64;
         let mut items = vec![self.batch_item(first, body)];
@@ -273,8 +290,8 @@ impl Session {
                     break;
                 }
             };
-            let frame = match RequestFrame::from_header(header, limits) {
-                Ok(f) if self.batchable(&f) => f,
+            let frame = match Pending::of(header, limits) {
+                Pending { parsed: Ok(f), .. } if self.batchable(&f) => f,
                 other => {
                     next = Some(other);
                     break;
@@ -286,7 +303,10 @@ impl Session {
                     items.push(self.batch_item(frame, body));
                 }
                 None => {
-                    next = Some(Ok(frame));
+                    next = Some(Pending {
+                        parsed: Ok(frame),
+                        deferred_put: false,
+                    });
                     break;
                 }
             }
@@ -332,6 +352,10 @@ impl Session {
         conn: &mut Conn,
     ) -> Result<Flow, ConnError> {
         let RequestFrame { id, request, .. } = frame;
+        if let Request::Put { hash: None, .. } = &request {
+            // Whatever becomes of the put, its put_hash frame follows the body.
+            conn.expect_trailer(id);
+        }
         if let Err(e) = self.admit(&request) {
             conn.queue(&ReplyFrame::err(id, e));
             return Ok(Flow::Continue);
@@ -382,9 +406,13 @@ impl Session {
                 };
                 ops::put::run(self, conn, args).await?
             }
-            Request::Resume { path, size, hash } => {
-                ops::resume::run(self, &path, size, &hash).await
-            }
+            Request::PutHash { .. } => Err(ops::put_hash::stray()),
+            Request::Resume {
+                path,
+                size,
+                hash,
+                mtime,
+            } => ops::resume::run(self, &path, size, hash.as_ref(), mtime).await,
             Request::Get { .. } => unreachable!("gets run in batches"),
             Request::Bench {
                 size,
@@ -457,12 +485,15 @@ pub async fn serve_connection(
             }
         }
     };
-    let mut pending: Option<Parsed> = None;
+    let mut pending: Option<Pending> = None;
     loop {
-        let parsed = match pending.take() {
+        let Pending {
+            parsed,
+            deferred_put,
+        } = match pending.take() {
             Some(p) => p,
             None => match conn.next_header(&shutdown).await {
-                Ok(Some(h)) => RequestFrame::from_header(h, &limits),
+                Ok(Some(h)) => Pending::of(h, &limits),
                 Ok(None) => break,
                 Err(e) => {
                     if fail(&mut conn, e) {
@@ -484,6 +515,10 @@ pub async fn serve_connection(
             }
             Ok(frame) => session.handle(frame, &mut conn).await,
             Err(rejected) => {
+                if deferred_put {
+                    // The client will send the put_hash anyway; it is read and dropped below.
+                    conn.expect_trailer(rejected.id);
+                }
                 conn.queue(&ReplyFrame::err(rejected.id, rejected.error.to_wire()));
                 Ok(Flow::Continue)
             }
@@ -497,8 +532,9 @@ pub async fn serve_connection(
                 return;
             }
         };
-        // The body of a request still pending belongs to it; any other is left over.
-        if pending.is_none() && conn.body_remaining() > 0 {
+        // The body of a request still pending, or of a header put back (a frame that came
+        // where a put_hash was due), belongs to it, handled next; any other is left over.
+        if pending.is_none() && conn.body_remaining() > 0 && !conn.holds_put_back() {
             if let Err(e) = conn.discard_body().await {
                 if fail(&mut conn, e) {
                     break;
@@ -508,6 +544,21 @@ pub async fn serve_connection(
         }
         if flow == Flow::Close {
             break;
+        }
+        // A put without hash that ended before reading its put_hash (refused, failed): the
+        // trailer is dropped unanswered, the put's reply said all. Any other frame there is
+        // put back and handled as itself.
+        if conn.trailer_is_due() {
+            match ops::put_hash::read(&mut conn, &limits, &shutdown).await {
+                Ok(ops::put_hash::Trailer::Closed) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if fail(&mut conn, e) {
+                        break;
+                    }
+                    return;
+                }
+            }
         }
     }
     conn.close().await;
@@ -551,11 +602,45 @@ pub fn open_regular(home: &Home, path: &VPath) -> Result<File, OpError> {
     Ok(file)
 }
 
-/// The partial file of an upload identity: a hash of (user, path, size, hash), so two
-/// different files never share a partial and the name reveals nothing.
-pub fn partial_name(user: &str, path: &VPath, size: u64, hash: &Digest) -> String {
+/// Whether a request header (valid or not) is a `put` without `hash`, which a `put_hash`
+/// frame follows.
+fn is_put_without_hash(header: &ferry_proto::Header) -> bool {
+    use serde_json::Value;
+    header.fields.get("op").and_then(Value::as_str) == Some("put")
+        && header.fields.get("hash").is_none_or(Value::is_null)
+}
+
+/// What tells uploads of the same size to the same path apart.
+#[derive(Debug, Clone, Copy)]
+pub enum UploadKey<'a> {
+    /// The hash the put declares in its header.
+    Hash(&'a Digest),
+    /// A put whose hash comes after the body: the client's modification time of the file.
+    /// A prefix held under this key may belong to another version of the file; the
+    /// whole-file check after the body catches that (`checksum_mismatch`, partial removed).
+    Mtime(Option<i64>),
+}
+
+impl<'a> UploadKey<'a> {
+    pub fn of_put(hash: Option<&'a Digest>, mtime: Option<i64>) -> Self {
+        match hash {
+            Some(h) => UploadKey::Hash(h),
+            None => UploadKey::Mtime(mtime),
+        }
+    }
+}
+
+/// The partial file of an upload identity: a hash of (user, path, size, key), so two
+/// different files known by their hash never share a partial and the name reveals nothing.
+pub fn partial_name(user: &str, path: &VPath, size: u64, key: UploadKey<'_>) -> String {
+    let key = match key {
+        UploadKey::Hash(hash) => hash.to_string(),
+        // Digests read `algo:hex`, so these never equal one.
+        UploadKey::Mtime(Some(t)) => format!("mtime:{t}"),
+        UploadKey::Mtime(None) => "mtime:none".to_owned(),
+    };
     let mut h = blake3::Hasher::new();
-    for part in [user, &path.display(), &size.to_string(), &hash.to_string()] {
+    for part in [user, &path.display(), &size.to_string(), &key] {
         h.update(part.as_bytes());
         h.update(b"\0");
     }

@@ -13,7 +13,7 @@ fn put(path: &str, body: &[u8], hash: Digest, offset: u64) -> Request {
     Request::Put {
         path: path.into(),
         size: body.len() as u64 + offset,
-        hash,
+        hash: Some(hash),
         offset,
         overwrite: false,
         mtime: Some(1_700_000_000),
@@ -38,15 +38,19 @@ struct Burst {
 impl Burst {
     fn add(&mut self, request: Request, body: &[u8]) -> u64 {
         self.next_id += 1;
+        self.add_as(self.next_id, request, body)
+    }
+
+    fn add_as(&mut self, id: u64, request: Request, body: &[u8]) -> u64 {
         RequestFrame {
-            id: self.next_id,
+            id,
             request,
             body_len: body.len() as u64,
         }
         .encode(u32::MAX, &mut self.buf)
         .unwrap();
         self.buf.extend_from_slice(body);
-        self.next_id
+        id
     }
 }
 
@@ -226,6 +230,53 @@ async fn a_thousand_small_files_up_and_down_in_two_writes() {
         assert!(&body == want, "file {i}");
     }
     assert_eq!(c.ls("/many").await.len(), 1000);
+    assert_eq!(partials(&srv), 0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_with_its_hash_after_the_body_ends_a_run_and_the_run_goes_on() {
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    let a = data(11, 3000);
+    let deferred = data(12, 5000);
+    let b = data(13, 100);
+    let mut burst = Burst {
+        next_id: 70,
+        ..Default::default()
+    };
+    let ids = [
+        burst.add(put("/a", &a, blake3(&a), 0), &a),
+        {
+            let mut req = put("/deferred", &deferred, blake3(&deferred), 0);
+            if let Request::Put { hash, .. } = &mut req {
+                *hash = None;
+            }
+            let id = burst.add(req, &deferred);
+            burst.add_as(
+                id,
+                Request::PutHash {
+                    hash: blake3(&deferred),
+                },
+                &[],
+            );
+            id
+        },
+        burst.add(get("/deferred"), &[]),
+        burst.add(put("/b", &b, blake3(&b), 0), &b),
+        burst.add(get("/a"), &[]),
+    ];
+    c.write_raw(&burst.buf).await;
+    let bodies: [Option<&[u8]>; 5] = [None, None, Some(&deferred), None, Some(&a)];
+    for (id, body) in ids.into_iter().zip(bodies) {
+        let (f, got) = c.recv().await;
+        assert_eq!(f.id, id);
+        assert!(f.result.is_ok(), "id {id}: {:?}", f.result);
+        if let Some(want) = body {
+            assert!(got == want, "id {id}");
+        }
+    }
+    assert_eq!(std::fs::read(srv.home("alice").join("b")).unwrap(), b);
     assert_eq!(partials(&srv), 0);
     srv.stop().await;
 }

@@ -90,7 +90,8 @@ async fn traversal_names_are_invalid_and_change_nothing() {
             Request::Resume {
                 path: name.clone(),
                 size: 1,
-                hash: blake3(b"x"),
+                hash: Some(blake3(b"x")),
+                mtime: None,
             },
         ];
         for r in reqs {

@@ -178,7 +178,8 @@ async fn truncated_frames_then_eof_close_and_leave_no_file() {
             .call(Request::Resume {
                 path: path.clone(),
                 size: body.len() as u64,
-                hash: hash.clone(),
+                hash: Some(hash.clone()),
+                mtime: None,
             })
             .await
         {
@@ -515,7 +516,7 @@ async fn absurd_sizes_and_offsets_are_refused_without_a_file() {
                 Request::Put {
                     path: name.clone(),
                     size: 3,
-                    hash: h.clone(),
+                    hash: Some(h.clone()),
                     offset: 0,
                     overwrite: false,
                     mtime: Some(mtime),
@@ -668,7 +669,8 @@ async fn upload_with_fewer_bytes_than_declared_leaves_no_visible_file() {
         .call(Request::Resume {
             path: "/short".into(),
             size: body.len() as u64,
-            hash: hash.clone(),
+            hash: Some(hash.clone()),
+            mtime: None,
         })
         .await
     {
@@ -681,7 +683,7 @@ async fn upload_with_fewer_bytes_than_declared_leaves_no_visible_file() {
             Request::Put {
                 path: "/short".into(),
                 size: body.len() as u64,
-                hash: hash.clone(),
+                hash: Some(hash.clone()),
                 offset: held,
                 overwrite: false,
                 mtime: None,
@@ -802,7 +804,8 @@ fn requests_on(name: &str) -> Vec<Request> {
         Request::Resume {
             path: n(),
             size: 4,
-            hash: blake3(b"evil"),
+            hash: Some(blake3(b"evil")),
+            mtime: None,
         },
     ]
 }
@@ -984,7 +987,8 @@ async fn odd_but_valid_names_stay_inside_the_home() {
                 .call(Request::Resume {
                     path: name.clone(),
                     size: 1,
-                    hash: blake3(b"x"),
+                    hash: Some(blake3(b"x")),
+                    mtime: None,
                 })
                 .await
             {
@@ -1115,7 +1119,8 @@ async fn symlinks_out_of_the_home_are_never_followed() {
             Request::Resume {
                 path: format!("/{l}/planted"),
                 size: 4,
-                hash: blake3(b"evil"),
+                hash: Some(blake3(b"evil")),
+                mtime: None,
             },
         ];
         for r in reqs {

@@ -100,7 +100,7 @@ async fn frame_timeouts_header_and_body() {
         request: Request::Put {
             path: "/stall".into(),
             size: body.len() as u64,
-            hash: blake3(&body),
+            hash: Some(blake3(&body)),
             offset: 0,
             overwrite: false,
             mtime: None,
@@ -130,7 +130,7 @@ async fn graceful_shutdown_lets_transfers_finish() {
         request: Request::Put {
             path: "/inflight".into(),
             size: body.len() as u64,
-            hash: blake3(&body),
+            hash: Some(blake3(&body)),
             offset: 0,
             overwrite: false,
             mtime: None,
@@ -170,7 +170,7 @@ async fn grace_period_cuts_stalled_transfers() {
         request: Request::Put {
             path: "/never".into(),
             size: 1000,
-            hash: blake3(&[0; 1000]),
+            hash: Some(blake3(&[0; 1000])),
             offset: 0,
             overwrite: false,
             mtime: None,

@@ -90,7 +90,7 @@ async fn state_machine_errors() {
             Request::Put {
                 path: "/x".into(),
                 size: body.len() as u64,
-                hash: blake3(body),
+                hash: Some(blake3(body)),
                 offset: 0,
                 overwrite: false,
                 mtime: None,
@@ -526,7 +526,7 @@ async fn pipelined_requests_answer_in_order() {
         let req = Request::Put {
             path: format!("p/f{i:02}"),
             size: body.len() as u64,
-            hash: blake3(&body),
+            hash: Some(blake3(&body)),
             offset: 0,
             overwrite: false,
             mtime: Some(1_600_000_000 + i as i64),
@@ -598,7 +598,7 @@ async fn too_large_and_internal_codes() {
             Request::Put {
                 path: "/big".into(),
                 size: body.len() as u64,
-                hash: blake3(&body),
+                hash: Some(blake3(&body)),
                 offset: 0,
                 overwrite: false,
                 mtime: None,
@@ -611,7 +611,8 @@ async fn too_large_and_internal_codes() {
         Request::Resume {
             path: "/big".into(),
             size: 2000,
-            hash: blake3(&body),
+            hash: Some(blake3(&body)),
+            mtime: None,
         },
         ErrorCode::TooLarge,
     )

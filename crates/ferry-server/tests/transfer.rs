@@ -12,7 +12,7 @@ fn put_req(path: &str, data: &[u8], offset: u64) -> Request {
     Request::Put {
         path: path.into(),
         size: data.len() as u64,
-        hash: blake3(data),
+        hash: Some(blake3(data)),
         offset,
         overwrite: false,
         mtime: None,
@@ -168,14 +168,14 @@ async fn checksum_mismatch_leaves_nothing() {
     let body = data(2, 5_000_000);
     let mut wrong = put_req("/bad.bin", &body, 0);
     if let Request::Put { hash, .. } = &mut wrong {
-        *hash = blake3(b"something else");
+        *hash = Some(blake3(b"something else"));
     }
     let (r, _) = c.call_body(wrong, &body).await;
     assert_eq!(r.unwrap_err().code, ErrorCode::ChecksumMismatch);
     // md5-declared uploads are verified in md5.
     let mut md5_wrong = put_req("/bad2.bin", &body, 0);
     if let Request::Put { hash, .. } = &mut md5_wrong {
-        *hash = Digest::of(HashAlgo::Md5, b"other");
+        *hash = Some(Digest::of(HashAlgo::Md5, b"other"));
     }
     assert_eq!(
         c.call_body(md5_wrong, &body).await.0.unwrap_err().code,
@@ -187,7 +187,7 @@ async fn checksum_mismatch_leaves_nothing() {
     // A correct md5-declared upload: stored, and its blake3 hash of record known too.
     let mut md5_ok = put_req("/ok.bin", &body, 0);
     if let Request::Put { hash, .. } = &mut md5_ok {
-        *hash = Digest::of(HashAlgo::Md5, &body);
+        *hash = Some(Digest::of(HashAlgo::Md5, &body));
     }
     c.call_body(md5_ok, &body).await.0.unwrap();
     assert_eq!(c.ls("/ok.bin").await[0].hash, Some(blake3(&body)));
@@ -311,7 +311,8 @@ async fn interrupted_upload_resumes_byte_identical() {
             .call(Request::Resume {
                 path: "/r.bin".into(),
                 size: body.len() as u64,
-                hash: blake3(&body),
+                hash: Some(blake3(&body)),
+                mtime: None,
             })
             .await
             .unwrap()
@@ -337,7 +338,8 @@ async fn interrupted_upload_resumes_byte_identical() {
         .call(Request::Resume {
             path: "/r.bin".into(),
             size: body.len() as u64,
-            hash: blake3(b"x"),
+            hash: Some(blake3(b"x")),
+            mtime: None,
         })
         .await
         .unwrap()
@@ -365,7 +367,12 @@ async fn resumed_upload_with_a_bad_prefix_is_refused() {
     let body = data(10, 100_000);
     let pname = {
         let v = ferry_server::home::VPath::root().resolve("/x.bin").unwrap();
-        ferry_server::session::partial_name("alice", &v, body.len() as u64, &blake3(&body))
+        ferry_server::session::partial_name(
+            "alice",
+            &v,
+            body.len() as u64,
+            ferry_server::session::UploadKey::Hash(&blake3(&body)),
+        )
     };
     let mut c = srv.login("alice").await;
     // A corrupted partial on disk: the whole-file check catches it.

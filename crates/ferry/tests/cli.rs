@@ -314,6 +314,67 @@ fn interrupted_upload_resumes_to_an_identical_file() {
     );
 }
 
+/// Uploads resume by size and mtime (the hash follows the body): a file rewritten in place
+/// with the same size and mtime after an interrupted upload makes the held prefix wrong. The
+/// server's whole-file check refuses it, and the client starts that file over, once, by itself.
+#[test]
+fn resumed_upload_of_a_rewritten_file_starts_over_and_is_identical() {
+    let srv = Server::start(&["ivan"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("upload.bin");
+    let data = bytes(11, 8 * 1024 * 1024);
+    write(&file, &data);
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let mut child = srv
+        .ferry_at(&proxy.addr.to_string(), "ivan")
+        .args(["put", "-q"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    wait_until(30, "part of the upload to pass", || {
+        proxy.upstream.load(Ordering::Relaxed) > 2 * 1024 * 1024
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(proxy);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let partials = srv.root.path().join("state/partials/ivan");
+    let held: Vec<u64> = fs::read_dir(&partials)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert!(
+        held.len() == 1 && held[0] > 0,
+        "a prefix is held for resume: {held:?}"
+    );
+
+    // Same size, same mtime, other bytes at the start: the resume ask (size, mtime) offers
+    // the held prefix, and the upload from there fails the whole-file check.
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    let mut changed = data.clone();
+    changed[..4096].fill(0xab);
+    write(&file, &changed);
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let out = json(srv.ferry("ivan").args(["put", "--json"]).arg(&file));
+    assert_eq!(out["uploaded"], 1, "{out}");
+    assert_eq!(out["files"][0]["resumed_from"], 0, "{out}");
+    assert_eq!(
+        fs::read(srv.home("ivan").join("upload.bin")).unwrap(),
+        changed
+    );
+    assert_eq!(
+        fs::read_dir(&partials).unwrap().count(),
+        0,
+        "no partial left"
+    );
+}
+
 #[test]
 fn shell_runs_a_scripted_session() {
     let srv = Server::start(&["heidi"]);

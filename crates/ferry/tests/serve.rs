@@ -263,7 +263,7 @@ fn serve_users_protocol_and_sigterm() {
         Request::Put {
             path: "/hello.bin".into(),
             size: body.len() as u64,
-            hash: Digest::of(HashAlgo::Md5, &body),
+            hash: Some(Digest::of(HashAlgo::Md5, &body)),
             offset: 0,
             overwrite: false,
             mtime: None,
@@ -289,7 +289,7 @@ fn serve_users_protocol_and_sigterm() {
         Request::Put {
             path: "/big".into(),
             size: big.len() as u64,
-            hash: Digest::of(HashAlgo::Blake3, &big),
+            hash: Some(Digest::of(HashAlgo::Blake3, &big)),
             offset: 0,
             overwrite: false,
             mtime: None,

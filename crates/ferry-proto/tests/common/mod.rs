@@ -206,8 +206,19 @@ pub fn bodiless_request() -> impl Strategy<Value = Request> {
             to,
             overwrite
         }),
-        (text(), 0..=Limits::default().max_file_size, digest())
-            .prop_map(|(path, size, hash)| Request::Resume { path, size, hash }),
+        (
+            text(),
+            0..=Limits::default().max_file_size,
+            prop::option::of(digest()),
+            prop::option::of(any::<i64>())
+        )
+            .prop_map(|(path, size, hash, mtime)| Request::Resume {
+                path,
+                size,
+                hash,
+                mtime
+            }),
+        digest().prop_map(|hash| Request::PutHash { hash }),
         (text(), any::<u64>(), algo()).prop_map(|(path, offset, algo)| Request::Get {
             path,
             offset,
@@ -224,7 +235,7 @@ pub fn request_frame() -> impl Strategy<Value = Sent> {
         text(),
         body(),
         any::<u64>(),
-        digest(),
+        prop::option::of(digest()),
         any::<bool>(),
         prop::option::of(any::<i64>()),
     )

@@ -17,6 +17,7 @@ pub mod ls;
 pub mod mkdir;
 pub mod mv;
 pub mod put;
+pub mod put_hash;
 pub mod pwd;
 pub mod quit;
 pub mod resume;

@@ -8,7 +8,9 @@
 //!    channel to a blocking writer, which hashes (the held prefix first, then every chunk)
 //!    and writes them, so disk IO and hashing overlap with the network and never run on an
 //!    async worker thread. No second pass: the hash is complete when the last byte lands.
-//! 4. Compare with the declared hash (mismatch: delete the partial, `checksum_mismatch`),
+//! 4. Compare with the declared hash — from the header, or for a put sent without one from the
+//!    `put_hash` frame that must follow the body (see [`super::put_hash`]) — (mismatch: delete
+//!    the partial, `checksum_mismatch`),
 //!    set the mtime, fsync, then `renameat2` the partial into the home (`RENAME_NOREPLACE`
 //!    unless overwriting), fsync the directory, record the hash of record.
 //!
@@ -23,16 +25,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
-use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply};
+use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, ProtoError, Reply};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::put_hash::{self, Trailer};
 use super::{OpError, blocking};
 use crate::conn::{Conn, ConnError};
 use crate::hashes::FileStamp;
 use crate::home::Home;
 use crate::home::{VPath, rename_at};
 use crate::quota::{Reservation, UserUsage};
-use crate::session::{Session, Shared, UploadGuard, UserFs, partial_name};
+use crate::session::{Session, Shared, UploadGuard, UploadKey, UserFs, partial_name};
 
 /// Chunks in flight between the socket and the writer (each up to the socket buffer size).
 /// Four keep the writer fed; sixteen held ~10 MiB more and put a 1 GiB upload's server peak
@@ -50,7 +54,8 @@ pub const SMALL_PUT: u64 = 256 * 1024;
 pub struct PutArgs {
     pub path: String,
     pub size: u64,
-    pub hash: Digest,
+    /// `None`: the hash comes in a `put_hash` frame after the body (always blake3).
+    pub hash: Option<Digest>,
     pub offset: u64,
     pub overwrite: bool,
     pub mtime: Option<i64>,
@@ -84,7 +89,12 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
         return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
     }
     let user = s.user()?;
-    let pname = partial_name(&user.name, &target, a.size, &a.hash);
+    let pname = partial_name(
+        &user.name,
+        &target,
+        a.size,
+        UploadKey::of_put(a.hash.as_ref(), a.mtime),
+    );
     let guard = UploadGuard::acquire(&s.shared, &user.name, &target, &pname).ok_or_else(|| {
         OpError::new(
             ErrorCode::Busy,
@@ -141,10 +151,17 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
 /// renamed into place. Blocking; the session runs it inside a batch (ops/batch.rs).
 pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result<Reply, OpError> {
     debug_assert!(a.offset == 0 && body.len() as u64 == a.size);
+    // The session batches only puts that carry their hash in the header.
+    let Some(hash) = a.hash.as_ref() else {
+        return Err(OpError::new(
+            ErrorCode::BadRequest,
+            "a batched put needs its hash in the header",
+        ));
+    };
     if target.is_root() {
         return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
     }
-    let pname = partial_name(&u.name, target, a.size, &a.hash);
+    let pname = partial_name(&u.name, target, a.size, UploadKey::Hash(hash));
     let _guard = UploadGuard::acquire(&u.shared, &u.name, target, &pname).ok_or_else(|| {
         OpError::new(
             ErrorCode::Busy,
@@ -162,9 +179,9 @@ pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result
         .ok_or_else(|| OpError::new(ErrorCode::PermissionDenied, "this user no longer exists"))?;
     let pdir = open_parent(&u.home, target)?;
     let target_is_file = check_target(&pdir, target, a.overwrite)?;
-    let digests = digests_of(a.hash.algo(), body);
-    if digests[0] != a.hash {
-        return Err(mismatch(target, &digests[0], &a.hash));
+    let digests = digests_of(hash.algo(), body);
+    if digests[0] != *hash {
+        return Err(mismatch(target, &digests[0], hash));
     }
     let (file, held) = open_partial(&u.partials, &pname, 0)?;
     // A partial of an earlier, interrupted upload of this identity was just emptied.
@@ -197,7 +214,7 @@ pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result
     Ok(Reply::Put {
         path: target.display(),
         size: a.size,
-        hash: a.hash.clone(),
+        hash: hash.clone(),
     })
 }
 
@@ -316,7 +333,8 @@ async fn transfer(
     let user = s.user().expect("put runs logged in");
     let started = std::time::Instant::now();
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let (offset, size, algo) = (a.offset, a.size, a.hash.algo());
+    let algo = a.hash.as_ref().map_or(HashAlgo::Blake3, Digest::algo);
+    let (offset, size) = (a.offset, a.size);
     let writer = tokio::task::spawn_blocking(move || write_partial(p.file, offset, size, algo, rx));
     let mut conn_err = None;
     let mut writer_alive = true;
@@ -366,10 +384,47 @@ async fn transfer(
             return Ok(Err(OpError::io(&p.target, e)));
         }
     };
-    if digests[0] != a.hash {
+    let declared = match a.hash {
+        Some(h) => h,
+        None => {
+            let limits = s.shared.config.limits;
+            // The put is in flight: a shutdown waits for it (grace period) rather than
+            // cutting the wait for its trailer short.
+            let trailer = match put_hash::read(conn, &limits, &CancellationToken::new()).await {
+                Ok(Trailer::Hash(h)) if h.algo() == HashAlgo::Blake3 => Ok(h),
+                Ok(Trailer::Hash(h)) => Err(format!(
+                    "put_hash must be a blake3 digest, got {}",
+                    h.algo()
+                )),
+                Ok(Trailer::Missing(why)) => Err(why),
+                gone => {
+                    // Every body byte arrived: keep them for a resume, which then only needs
+                    // to send the trailer (offset = size).
+                    user.usage.adjust((size - offset) as i64, 0);
+                    drop(p.reservation);
+                    return Err(match gone {
+                        Err(e) => e,
+                        _ => ProtoError::Truncated("before the put_hash of a put").into(),
+                    });
+                }
+            };
+            match trailer {
+                Ok(h) => h,
+                Err(why) => {
+                    drop(p.reservation);
+                    remove_partial(p.pname).await;
+                    return Ok(Err(OpError::new(
+                        ErrorCode::BadRequest,
+                        format!("{}: {why}; the upload is discarded", p.target.display()),
+                    )));
+                }
+            }
+        }
+    };
+    if digests[0] != declared {
         drop(p.reservation);
         remove_partial(p.pname).await;
-        return Ok(Err(mismatch(&p.target, &digests[0], &a.hash)));
+        return Ok(Err(mismatch(&p.target, &digests[0], &declared)));
     }
     let body_done = started.elapsed();
     let home = Arc::clone(&user.home);
@@ -398,7 +453,7 @@ async fn transfer(
             Ok(Ok(Reply::Put {
                 path: p.target.display(),
                 size: a.size,
-                hash: a.hash,
+                hash: declared,
             }))
         }
         Err(e) => {

@@ -280,7 +280,7 @@ impl Client {
         let req = Request::Put {
             path: path.into(),
             size: data.len() as u64,
-            hash: blake3(data),
+            hash: Some(blake3(data)),
             offset: 0,
             overwrite,
             mtime: None,
