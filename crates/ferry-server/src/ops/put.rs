@@ -35,7 +35,7 @@ use crate::conn::{Conn, ConnError};
 use crate::hashes::FileStamp;
 use crate::home::Home;
 use crate::home::{VPath, rename_at};
-use crate::quota::{Reservation, UserUsage};
+use crate::quota::{QuotaLimits, Reservation, UserUsage};
 use crate::session::{Session, Shared, UploadGuard, UploadKey, UserFs, partial_name};
 
 /// Chunks in flight between the socket and the writer (each up to the socket buffer size).
@@ -95,29 +95,14 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
         a.size,
         UploadKey::of_put(a.hash.as_ref(), a.mtime),
     );
-    let guard = UploadGuard::acquire(&s.shared, &user.name, &target, &pname).ok_or_else(|| {
-        OpError::new(
-            ErrorCode::Busy,
-            format!(
-                "{}: another upload to this path is in progress",
-                target.display()
-            ),
-        )
-    })?;
+    let guard = claim(&s.shared, &user.name, &target, &pname)?;
     let home = Arc::clone(&user.home);
     let partials = Arc::clone(&user.partials);
     let (t, pn, offset, overwrite) = (target.clone(), pname.clone(), a.offset, a.overwrite);
     let shared = Arc::clone(&s.shared);
     let uname = user.name.clone();
     let (file, target_is_file, held, limits) = blocking(move || {
-        // The users file is re-read if it changed, so quota edits apply to the next upload.
-        let limits = shared
-            .users
-            .get(&uname)
-            .map(|r| r.limits())
-            .ok_or_else(|| {
-                OpError::new(ErrorCode::PermissionDenied, "this user no longer exists")
-            })?;
+        let limits = limits_of(&shared, &uname)?;
         let target_is_file = check_target(&open_parent(&home, &t)?, &t, overwrite)?;
         let (file, held) = open_partial(&partials, &pn, offset)?;
         Ok((file, target_is_file, held, limits))
@@ -162,21 +147,8 @@ pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result
         return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
     }
     let pname = partial_name(&u.name, target, a.size, UploadKey::Hash(hash));
-    let _guard = UploadGuard::acquire(&u.shared, &u.name, target, &pname).ok_or_else(|| {
-        OpError::new(
-            ErrorCode::Busy,
-            format!(
-                "{}: another upload to this path is in progress",
-                target.display()
-            ),
-        )
-    })?;
-    let limits = u
-        .shared
-        .users
-        .get(&u.name)
-        .map(|r| r.limits())
-        .ok_or_else(|| OpError::new(ErrorCode::PermissionDenied, "this user no longer exists"))?;
+    let _guard = claim(&u.shared, &u.name, target, &pname)?;
+    let limits = limits_of(&u.shared, &u.name)?;
     let pdir = open_parent(&u.home, target)?;
     let target_is_file = check_target(&pdir, target, a.overwrite)?;
     let digests = digests_of(hash.algo(), body);
@@ -462,6 +434,34 @@ async fn transfer(
             Ok(Err(e))
         }
     }
+}
+
+/// Claims the path and the partial for this upload: a second writer of either gets `busy`.
+fn claim(
+    shared: &Arc<Shared>,
+    user: &str,
+    target: &VPath,
+    pname: &str,
+) -> Result<UploadGuard, OpError> {
+    UploadGuard::acquire(shared, user, target, pname).ok_or_else(|| {
+        OpError::new(
+            ErrorCode::Busy,
+            format!(
+                "{}: another upload to this path is in progress",
+                target.display()
+            ),
+        )
+    })
+}
+
+/// The user's quota limits, read afresh (the users file is re-read if it changed, so quota
+/// edits apply to the next upload).
+fn limits_of(shared: &Shared, user: &str) -> Result<QuotaLimits, OpError> {
+    shared
+        .users
+        .get(user)
+        .map(|r| r.limits())
+        .ok_or_else(|| OpError::new(ErrorCode::PermissionDenied, "this user no longer exists"))
 }
 
 /// Opens the parent directory of `t`, readable so that it can be fsynced after the rename
