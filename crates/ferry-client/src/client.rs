@@ -5,7 +5,7 @@ use ferry_proto::{
 };
 use tokio::net::TcpStream;
 
-use crate::conn::{Connection, IO_CHUNK, Stream};
+use crate::conn::{Connection, IO_CHUNK, Stream, TLS_READ_BUFFER};
 use crate::error::{ClientError, Result};
 use crate::tls::{self, TlsMode, Trust};
 
@@ -47,7 +47,8 @@ impl Client {
                 let prepared = tls::prepare(ca.as_deref(), known_hosts, addr)?;
                 let connector = tokio_rustls::TlsConnector::from(prepared.config);
                 let name = tls::server_name(addr)?;
-                match connector.connect(name, tcp).await {
+                let buffered = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
+                match connector.connect(name, buffered).await {
                     Ok(s) => {
                         let trust = prepared.verifier.as_ref().and_then(|v| v.decision());
                         if let (Some(v), Some(Trust::FirstUse(fp))) = (&prepared.verifier, &trust) {
