@@ -107,12 +107,36 @@ struct Prepared {
     offset: u64,
 }
 
-/// What one round of uploads gave for an item.
-enum PutRetry {
+/// Why one item of a round of uploads or downloads did not finish.
+enum Retry {
     Failed(ClientError),
-    /// A resumed upload failed the server's whole-file check: the prefix it held belonged to
-    /// another version of the file (and is gone now). Upload it again from the start.
+    /// What this side held of the file belonged to another version (the server's partial of
+    /// a resumed upload, or our partial of a download), and is gone now: transfer the file
+    /// again from the start, once.
     Restart,
+}
+
+/// The items of a round that asked to be done again from the start.
+fn restarted<T>(results: &[Result<T, Retry>]) -> Vec<usize> {
+    results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(Retry::Restart)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The final results once the restarted items were redone; `what` names a second restart.
+fn settle<T>(results: Vec<Result<T, Retry>>, what: &str) -> Vec<Result<T>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.map_err(|e| match e {
+                Retry::Failed(e) => e,
+                Retry::Restart => ClientError::Local(format!("{what} restarted twice")),
+            })
+        })
+        .collect()
 }
 
 impl Client {
@@ -128,12 +152,7 @@ impl Client {
         // A resumed prefix that turned out to belong to another version of the file (the
         // server keys hash-after-body partials by size and mtime, not content) was discarded
         // by the server; upload those files again from the start, once.
-        let retry: Vec<usize> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(r, Err(PutRetry::Restart)))
-            .map(|(i, _)| i)
-            .collect();
+        let retry = restarted(&results);
         if !retry.is_empty() {
             let again: Vec<PutItem> = retry.iter().map(|&i| items[i].clone()).collect();
             let fresh = PutOptions {
@@ -145,15 +164,7 @@ impl Client {
                 results[i] = r;
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.map_err(|e| match e {
-                    PutRetry::Failed(e) => e,
-                    PutRetry::Restart => ClientError::Local("upload restarted twice".into()),
-                })
-            })
-            .collect())
+        Ok(settle(results, "upload"))
     }
 
     async fn put_round(
@@ -161,7 +172,7 @@ impl Client {
         items: &[PutItem],
         opts: &PutOptions,
         progress: &dyn Progress,
-    ) -> Result<Vec<Result<PutOutcome, PutRetry>>> {
+    ) -> Result<Vec<Result<PutOutcome, Retry>>> {
         let prepared = self.prepare_large_puts(items, opts).await?;
         let first_id = self.reserve_ids(items.len());
         let (mut reader, mut writer) = self.conn.split();
@@ -193,13 +204,13 @@ impl Client {
             writer.flush().await
         };
         let receive = async {
-            let mut results: Vec<Option<Result<PutOutcome, PutRetry>>> =
+            let mut results: Vec<Option<Result<PutOutcome, Retry>>> =
                 (0..items.len()).map(|_| None).collect();
             while let Some(sent) = rx.recv().await {
                 match sent {
                     PutSent::LocalError { index, error } => {
                         progress.finish_file(&items[index].remote, false);
-                        results[index] = Some(Err(PutRetry::Failed(error)));
+                        results[index] = Some(Err(Retry::Failed(error)));
                     }
                     PutSent::Request { index, id, offset } => {
                         let reply = reader.read_reply().await?;
@@ -211,13 +222,13 @@ impl Client {
                                 hash,
                                 resumed_from: offset,
                             }),
-                            Ok(other) => Err(PutRetry::Failed(unexpected("put", &other))),
+                            Ok(other) => Err(Retry::Failed(unexpected("put", &other))),
                             Err(e) if offset > 0 && e.code == ErrorCode::ChecksumMismatch => {
-                                Err(PutRetry::Restart)
+                                Err(Retry::Restart)
                             }
-                            Err(e) => Err(PutRetry::Failed(ClientError::Remote(e))),
+                            Err(e) => Err(Retry::Failed(ClientError::Remote(e))),
                         };
-                        if !matches!(outcome, Err(PutRetry::Restart)) {
+                        if !matches!(outcome, Err(Retry::Restart)) {
                             progress.finish_file(&items[index].remote, outcome.is_ok());
                         }
                         results[index] = Some(outcome);
@@ -230,7 +241,7 @@ impl Client {
         sent?;
         Ok(received?
             .into_iter()
-            .map(|r| r.unwrap_or(Err(PutRetry::Failed(ClientError::Closed))))
+            .map(|r| r.unwrap_or(Err(Retry::Failed(ClientError::Closed))))
             .collect())
     }
 
@@ -323,12 +334,7 @@ impl Client {
         let mut results = self.get_round(items, opts, progress).await?;
         // A partial that turned out to belong to another file is thrown away and the download
         // done again from the start, once.
-        let retry: Vec<usize> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(r, Err(GetRetry::Restart)))
-            .map(|(i, _)| i)
-            .collect();
+        let retry = restarted(&results);
         if !retry.is_empty() {
             let again: Vec<GetItem> = retry.iter().map(|&i| items[i].clone()).collect();
             let fresh = GetOptions {
@@ -340,15 +346,7 @@ impl Client {
                 results[i] = r;
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.map_err(|e| match e {
-                    GetRetry::Failed(e) => e,
-                    GetRetry::Restart => ClientError::Local("download restarted twice".into()),
-                })
-            })
-            .collect())
+        Ok(settle(results, "download"))
     }
 
     async fn get_round(
@@ -356,7 +354,7 @@ impl Client {
         items: &[GetItem],
         opts: &GetOptions,
         progress: &dyn Progress,
-    ) -> Result<Vec<Result<GetOutcome, GetRetry>>> {
+    ) -> Result<Vec<Result<GetOutcome, Retry>>> {
         let first_id = self.reserve_ids(items.len());
         let mut scratch = self.scratch();
         let (mut reader, mut writer) = self.conn.split();
@@ -404,12 +402,12 @@ impl Client {
                         ..
                     }) => (size, offset, mtime, hash),
                     Ok(other) => {
-                        results.push(Err(GetRetry::Failed(unexpected("get", &other))));
+                        results.push(Err(Retry::Failed(unexpected("get", &other))));
                         continue;
                     }
                     Err(e) => {
                         progress.finish_file(&item.remote, false);
-                        results.push(Err(GetRetry::Failed(ClientError::Remote(e))));
+                        results.push(Err(Retry::Failed(ClientError::Remote(e))));
                         continue;
                     }
                 };
@@ -417,7 +415,7 @@ impl Client {
                     if h.size != size || h.hash != hash || offset != h.held {
                         reader.skip_body(&mut scratch).await?;
                         PartialMeta::discard(&item.local);
-                        results.push(Err(GetRetry::Restart));
+                        results.push(Err(Retry::Restart));
                         continue;
                     }
                 }
@@ -427,7 +425,7 @@ impl Client {
                     Err(e) => {
                         reader.skip_body(&mut scratch).await?;
                         progress.finish_file(&item.remote, false);
-                        results.push(Err(GetRetry::Failed(e)));
+                        results.push(Err(Retry::Failed(e)));
                         continue;
                     }
                 };
@@ -443,7 +441,7 @@ impl Client {
                     }),
                 };
                 progress.finish_file(&item.remote, outcome.is_ok());
-                results.push(outcome.map_err(GetRetry::Failed));
+                results.push(outcome.map_err(Retry::Failed));
             }
             Ok::<_, ClientError>(results)
         };
@@ -452,11 +450,6 @@ impl Client {
         sent?;
         received
     }
-}
-
-enum GetRetry {
-    Failed(ClientError),
-    Restart,
 }
 
 /// Sends one upload: header then body. Returns the offset it started from.
