@@ -275,18 +275,14 @@ fn interrupted_download_resumes_to_an_identical_file() {
     assert!(!partial.exists());
 }
 
-#[test]
-fn interrupted_upload_resumes_to_an_identical_file() {
-    let srv = Server::start(&["grace"]);
-    let src = tempfile::tempdir().unwrap();
-    let file = src.path().join("upload.bin");
-    let data = bytes(8, 8 * 1024 * 1024);
-    write(&file, &data);
+/// Starts `ferry put FILE` through a throttling relay and kills the client (SIGKILL) once
+/// more than 2 MiB has passed, leaving the server a partial upload.
+fn kill_upload_midway(srv: &Server, user: &str, file: &Path) {
     let proxy = SlowProxy::start(srv.addr, 64 * 1024);
     let mut child = srv
-        .ferry_at(&proxy.addr.to_string(), "grace")
+        .ferry_at(&proxy.addr.to_string(), user)
         .args(["put", "-q"])
-        .arg(&file)
+        .arg(file)
         .spawn()
         .unwrap();
     wait_until(30, "part of the upload to pass", || {
@@ -294,7 +290,16 @@ fn interrupted_upload_resumes_to_an_identical_file() {
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    drop(proxy);
+}
+
+#[test]
+fn interrupted_upload_resumes_to_an_identical_file() {
+    let srv = Server::start(&["grace"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("upload.bin");
+    let data = bytes(8, 8 * 1024 * 1024);
+    write(&file, &data);
+    kill_upload_midway(&srv, "grace", &file);
     assert!(
         !srv.home("grace").join("upload.bin").exists(),
         "a half-written upload must not be visible"
@@ -324,19 +329,7 @@ fn resumed_upload_of_a_rewritten_file_starts_over_and_is_identical() {
     let file = src.path().join("upload.bin");
     let data = bytes(11, 8 * 1024 * 1024);
     write(&file, &data);
-    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
-    let mut child = srv
-        .ferry_at(&proxy.addr.to_string(), "ivan")
-        .args(["put", "-q"])
-        .arg(&file)
-        .spawn()
-        .unwrap();
-    wait_until(30, "part of the upload to pass", || {
-        proxy.upstream.load(Ordering::Relaxed) > 2 * 1024 * 1024
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(proxy);
+    kill_upload_midway(&srv, "ivan", &file);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let partials = srv.root.path().join("state/partials/ivan");
     let held: Vec<u64> = fs::read_dir(&partials)
