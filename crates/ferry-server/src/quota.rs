@@ -185,6 +185,15 @@ pub struct Walk {
 
 /// Counts the regular files below `dir` through capability handles (symlinks are never
 /// followed), iteratively and at most [`MAX_WALK_DEPTH`] levels down.
+/// An entry listed a moment ago that is gone, or is no longer a directory (replaced by a
+/// file or a symlink, which the walk does not follow), was changed by someone else while we
+/// walked: it is skipped, not an error. (A login whose home was being rearranged failed with
+/// `internal` because of this; found by the confinement test's symlink flipper.)
+fn changed_under_us(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP))
+}
+
 pub fn walk_dir(dir: &cap_std::fs::Dir, count_files: bool, inodes: bool) -> io::Result<Walk> {
     use cap_std::fs::MetadataExt as _;
     let mut out = Walk::default();
@@ -201,10 +210,18 @@ pub fn walk_dir(dir: &cap_std::fs::Dir, count_files: bool, inodes: bool) -> io::
                 out.too_deep = true;
                 continue;
             }
-            let sub = entry.open_dir()?.entries()?;
+            let sub = match entry.open_dir().and_then(|d| d.entries()) {
+                Ok(sub) => sub,
+                Err(e) if changed_under_us(&e) => continue,
+                Err(e) => return Err(e),
+            };
             stack.push(sub);
         } else if ft.is_file() {
-            let m = entry.metadata()?;
+            let m = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if changed_under_us(&e) => continue,
+                Err(e) => return Err(e),
+            };
             out.usage.bytes += m.len();
             if count_files {
                 out.usage.files += 1;
