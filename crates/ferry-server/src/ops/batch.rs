@@ -59,7 +59,8 @@ pub enum Done {
 /// Blocking: runs the items in order.
 pub fn run(u: &UserFs, items: Vec<Item>) -> Vec<Done> {
     let mut budget = MAX_BYTES.saturating_sub(items.iter().map(Item::held).sum());
-    items
+    let mut puts = put::SmallPuts::default();
+    let done = items
         .into_iter()
         .map(|item| match item {
             Item::Get {
@@ -82,8 +83,10 @@ pub fn run(u: &UserFs, items: Vec<Item>) -> Vec<Done> {
                 id,
                 target
                     .map_err(OpError::from)
-                    .and_then(|t| put::put_small(u, &t, &args, &body)),
+                    .and_then(|t| put::put_small(u, &mut puts, &t, &args, &body)),
             ),
         })
-        .collect()
+        .collect();
+    puts.sync();
+    done
 }

@@ -131,10 +131,72 @@ async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
     })
 }
 
-/// A whole small upload, its body already in memory: checked, verified before anything
-/// touches the disk (a corrupt small upload leaves no trace at all), written, fsynced and
-/// renamed into place. Blocking; the session runs it inside a batch (ops/batch.rs).
-pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result<Reply, OpError> {
+/// What the small puts of one run (ops/batch.rs) share, so that per-file work is only the
+/// file's own: the user's quota limits, read once per run rather than once per file (each
+/// read stats the users file), and the parent directories opened so far, each fsynced once
+/// when the run ends (before any of its replies go out) rather than after every rename.
+#[derive(Default)]
+pub struct SmallPuts {
+    limits: Option<QuotaLimits>,
+    parents: Vec<Parent>,
+}
+
+struct Parent {
+    path: VPath,
+    dir: Dir,
+    /// A file was renamed into it: fsync it before answering.
+    renamed_into: bool,
+}
+
+impl SmallPuts {
+    fn limits(&mut self, u: &UserFs) -> Result<QuotaLimits, OpError> {
+        if let Some(l) = self.limits {
+            return Ok(l);
+        }
+        let l = limits_of(&u.shared, &u.name)?;
+        self.limits = Some(l);
+        Ok(l)
+    }
+
+    /// The open parent directory of `t`. Nothing in a run can move a directory of this
+    /// session's (mkdir, mv and rm end a run), and another session moving one is the same
+    /// race as between opening the parent and renaming into it for a single put.
+    fn parent(&mut self, home: &Home, t: &VPath) -> Result<&mut Parent, OpError> {
+        let path = t.parent().expect("not root");
+        let i = match self.parents.iter().position(|p| p.path == path) {
+            Some(i) => i,
+            None => {
+                let dir = open_parent(home, t)?;
+                self.parents.push(Parent {
+                    path,
+                    dir,
+                    renamed_into: false,
+                });
+                self.parents.len() - 1
+            }
+        };
+        Ok(&mut self.parents[i])
+    }
+
+    /// Makes the run's renames durable. Call before sending any reply of the run.
+    pub fn sync(self) {
+        for p in self.parents.into_iter().filter(|p| p.renamed_into) {
+            sync_dir(&p.dir);
+        }
+    }
+}
+
+/// A whole small upload, its body already in memory: verified before anything touches the
+/// disk (a corrupt small upload leaves no trace at all), written, fsynced and renamed into
+/// place. Blocking; the session runs it inside a batch (ops/batch.rs), which must call
+/// [`SmallPuts::sync`] before answering.
+pub fn put_small(
+    u: &UserFs,
+    run: &mut SmallPuts,
+    target: &VPath,
+    a: &PutArgs,
+    body: &[u8],
+) -> Result<Reply, OpError> {
     debug_assert!(a.offset == 0 && body.len() as u64 == a.size);
     // The session batches only puts that carry their hash in the header.
     let Some(hash) = a.hash.as_ref() else {
@@ -148,9 +210,11 @@ pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result
     }
     let pname = partial_name(&u.name, target, a.size, UploadKey::Hash(hash));
     let _guard = claim(&u.shared, &u.name, target, &pname)?;
-    let limits = limits_of(&u.shared, &u.name)?;
-    let pdir = open_parent(&u.home, target)?;
-    let target_is_file = check_target(&pdir, target, a.overwrite)?;
+    let limits = run.limits(u)?;
+    let parent = run.parent(&u.home, target)?;
+    // Without overwrite, RENAME_NOREPLACE is the check (one statx less per file); an existing
+    // target is looked at only to say what it is.
+    let target_is_file = a.overwrite && check_target(&parent.dir, target, true)?;
     let digests = digests_of(hash.algo(), body);
     if digests[0] != *hash {
         return Err(mismatch(target, &digests[0], hash));
@@ -171,7 +235,7 @@ pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result
         .map_err(|e| discard(OpError::io(target, e)))?;
     let replaced = place(
         &file,
-        &pdir,
+        &parent.dir,
         &u.partials,
         &u.shared,
         &u.name,
@@ -181,7 +245,14 @@ pub fn put_small(u: &UserFs, target: &VPath, a: &PutArgs, body: &[u8]) -> Result
         a.overwrite,
         &digests,
     )
-    .map_err(discard)?;
+    .map_err(|e| match e {
+        // Say what is there, as the check before a single put does.
+        OpError::Io { .. } if !a.overwrite => {
+            discard(check_target(&parent.dir, target, false).err().unwrap_or(e))
+        }
+        e => discard(e),
+    })?;
+    parent.renamed_into = true;
     settle(&u.usage, reservation, replaced);
     Ok(Reply::Put {
         path: target.display(),
@@ -407,9 +478,11 @@ async fn transfer(
     let placed = blocking(move || {
         // Opened again now: the directory may have been moved while the body arrived.
         let pdir = open_parent(&home, &t)?;
-        place(
+        let replaced = place(
             &file, &pdir, &partials, &shared, &name, &t, &pn, mtime, overwrite, &digests,
-        )
+        )?;
+        sync_dir(&pdir);
+        Ok(replaced)
     })
     .await;
     match placed {
@@ -534,7 +607,8 @@ fn mismatch(target: &VPath, actual: &Digest, declared: &Digest) -> OpError {
 }
 
 /// Sets the mtime, fsyncs, renames the verified partial into the home and records its hash.
-/// Returns the size of the regular file it replaced, if any.
+/// Returns the size of the regular file it replaced, if any. The caller fsyncs `pdir`
+/// ([`sync_dir`]) before answering.
 #[allow(clippy::too_many_arguments)]
 fn place(
     file: &File,
@@ -563,14 +637,19 @@ fn place(
         None
     };
     rename_at(partials, pn, pdir, fname, !overwrite).map_err(|e| OpError::io(t, e))?;
-    // SAFETY: fsync on a directory fd we hold open.
-    unsafe { libc::fsync(pdir.as_raw_fd()) };
     let stamp = FileStamp::of(&file.metadata().map_err(internal)?);
     if let Some(old) = old.as_ref().filter(|m| m.is_file() && m.nlink() == 1) {
         shared.hashes.forget(user, old.ino());
     }
     shared.hashes.record_new(user, &stamp, digests);
     Ok(old.filter(|m| m.is_file()).map(|m| m.len()))
+}
+
+/// Makes a rename into `dir` durable. A failure is not reported: the file is complete and in
+/// place either way, and the next fsync of the directory retries.
+fn sync_dir(dir: &Dir) {
+    // SAFETY: fsync on a directory fd we hold open.
+    unsafe { libc::fsync(dir.as_raw_fd()) };
 }
 
 /// Turns the reservation into usage once the file is in place.
