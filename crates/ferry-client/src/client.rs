@@ -374,6 +374,15 @@ impl Client {
         }
     }
 
+    /// Ends, on the server, the session token this session logged in with; whether there was
+    /// one to end.
+    pub async fn logout(&mut self) -> Result<bool> {
+        match self.call(Request::Logout).await? {
+            Reply::Logout { revoked } => Ok(revoked),
+            other => Err(unexpected("logout", &other)),
+        }
+    }
+
     /// Says goodbye; the server closes the connection after answering.
     pub async fn quit(mut self) -> Result<()> {
         match self.call(Request::Quit).await {

@@ -90,6 +90,14 @@ impl SessionCache {
         })
     }
 
+    /// Whether any entry (whatever its certificate or expiry) is kept for `server` and `user`.
+    pub fn contains(&self, server: &str, user: &str) -> bool {
+        self.load()
+            .sessions
+            .iter()
+            .any(|s| s.server == server && s.user == user)
+    }
+
     /// Records a token for `server` and `user`, replacing any earlier one for them, and drops
     /// expired entries on the way.
     pub fn put(
@@ -210,8 +218,10 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dmode & 0o777, 0o700, "{dmode:o}");
+        assert!(cache.contains("h:1", "a"));
         assert!(cache.remove("h:1", "a").unwrap());
         assert!(!cache.remove("h:1", "a").unwrap());
+        assert!(!cache.contains("h:1", "a"));
         assert_eq!(cache.get("h:1", "a", None, now), None);
         assert_eq!(cache.get("h:1", "b", None, now).unwrap().token, "t2");
         // Nothing but the file itself is left in the directory: no temp files.

@@ -167,6 +167,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         download: bool,
     },
+    /// Ends the session token this session logged in with, on the server: later logins with
+    /// it get `token_invalid`. The session itself stays logged in.
+    Logout,
     Quit,
 }
 
@@ -201,9 +204,9 @@ impl Request {
     }
 
     /// Every op this version knows, as written on the wire.
-    pub const OPS: [&'static str; 15] = [
+    pub const OPS: [&'static str; 16] = [
         "hello", "login", "pwd", "cd", "ls", "stat", "mkdir", "rm", "mv", "put", "put_hash",
-        "resume", "get", "bench", "quit",
+        "resume", "get", "bench", "logout", "quit",
     ];
 
     /// Ops that are never answered on their own: a `put_hash` is answered by its put's reply.
@@ -225,6 +228,7 @@ impl Request {
             Request::Resume { .. } => "resume",
             Request::Get { .. } => "get",
             Request::Bench { .. } => "bench",
+            Request::Logout => "logout",
             Request::Quit => "quit",
         }
     }
@@ -494,6 +498,11 @@ pub enum Reply {
         #[serde(default, skip_serializing_if = "is_false")]
         download: bool,
     },
+    /// Whether a token was ended: false when the session logged in with a password (or its
+    /// token had already ended).
+    Logout {
+        revoked: bool,
+    },
     Quit,
 }
 
@@ -513,6 +522,7 @@ impl Reply {
             Reply::Resume { .. } => "resume",
             Reply::Get { .. } => "get",
             Reply::Bench { .. } => "bench",
+            Reply::Logout { .. } => "logout",
             Reply::Quit => "quit",
         }
     }

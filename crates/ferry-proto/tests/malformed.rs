@@ -405,6 +405,29 @@ fn login_takes_exactly_one_of_password_and_token() {
     ] {
         malformed(&rejected(json, 4), "login");
     }
+    // logout takes nothing; stray fields are ignored like anywhere else.
+    assert_eq!(
+        request(r#"{"id":5,"op":"logout"}"#).unwrap().request,
+        Request::Logout
+    );
+    assert_eq!(
+        request(r#"{"id":5,"op":"logout","token":"ab"}"#)
+            .unwrap()
+            .request,
+        Request::Logout
+    );
+    malformed(
+        &reply(r#"{"id":5,"ok":true,"op":"logout"}"#)
+            .unwrap_err()
+            .error,
+        "reply",
+    );
+    malformed(
+        &reply(r#"{"id":5,"ok":true,"op":"logout","revoked":"yes"}"#)
+            .unwrap_err()
+            .error,
+        "reply",
+    );
     // The rule is the decoder's, so a frame built by hand is checked the same way.
     let both = Request::Login {
         user: "ann".into(),
@@ -562,6 +585,8 @@ fn body_on_an_op_that_takes_none() {
     for op in [
         r#""op":"pwd""#,
         r#""op":"quit""#,
+        r#""op":"logout""#,
+        r#""op":"login","user":"ann","token":"ab""#,
         r#""op":"cd","path":"a""#,
         r#""op":"get","path":"a""#,
         r#""op":"hello","version":1"#,

@@ -152,6 +152,11 @@ fn big_stream() -> Vec<Sent> {
         ),
         get_reply(4, "/big.bin", &file, 1000),
         get_reply(5, "/big.bin", &file, 4999),
+        req(11, Request::Logout),
+        Sent::Reply(
+            ReplyFrame::ok(11, Reply::Logout { revoked: true }),
+            Vec::new(),
+        ),
         req(6, Request::Pwd),
         Sent::Reply(
             ReplyFrame::err(6, WireError::new(ErrorCode::AuthRequired, "log in first")),

@@ -174,6 +174,8 @@ pub struct Session {
     pub cwd: VPath,
     /// The client's hello asked for `session-token`: a password login is answered with one.
     pub wants_token: bool,
+    /// The hash of the session token this session logged in with, for `logout`.
+    pub token_hash: Option<blake3::Hash>,
 }
 
 impl Session {
@@ -184,6 +186,7 @@ impl Session {
             phase: Phase::Connected,
             cwd: VPath::root(),
             wants_token: false,
+            token_hash: None,
         }
     }
 
@@ -441,6 +444,7 @@ impl Session {
                 conn.discard_body().await?;
                 Ok(ops::bench::reply(size, false))
             }
+            Request::Logout => Ok(ops::logout::run(self)),
             Request::Quit => {
                 conn.queue(&ReplyFrame::ok(id, ops::quit::run()));
                 return Ok(Flow::Close);

@@ -218,7 +218,11 @@ impl TokenBook {
 
     /// Forgets a token (the client logged out); whether it was known.
     pub fn revoke(&self, token: &str) -> bool {
-        let hash = blake3::hash(token.as_bytes());
+        self.revoke_hash(&blake3::hash(token.as_bytes()))
+    }
+
+    /// [`TokenBook::revoke`] by the token's hash, which is all a session keeps of it.
+    pub fn revoke_hash(&self, hash: &blake3::Hash) -> bool {
         self.entries
             .lock()
             .unwrap()

@@ -437,3 +437,39 @@ async fn each_user_keeps_only_so_many_tokens() {
     assert_eq!(kept.iter().filter(|k| **k).count(), 1, "{kept:?}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn logout_ends_the_sessions_token_on_the_server() {
+    let srv = TestServer::start().await;
+    let (token, _) = issue(&srv, "alice").await;
+    let (other, _) = issue(&srv, "alice").await;
+    // Before login there is nothing to log out of.
+    let mut c = srv.client().await;
+    greet(&mut c, true).await;
+    c.expect_err(Request::Logout, ErrorCode::AuthRequired).await;
+
+    let mut c = with_token(&srv, "alice", &token).await.unwrap();
+    assert_eq!(
+        c.call(Request::Logout).await.unwrap(),
+        Reply::Logout { revoked: true }
+    );
+    // The session itself goes on; only the token is gone, and only that one.
+    c.put("/after-logout", b"x").await.unwrap();
+    assert_eq!(
+        c.call(Request::Logout).await.unwrap(),
+        Reply::Logout { revoked: false }
+    );
+    assert_eq!(
+        with_token(&srv, "alice", &token).await.err(),
+        Some(ErrorCode::TokenInvalid)
+    );
+    with_token(&srv, "alice", &other).await.unwrap();
+
+    // A password session has no token to end.
+    let mut p = srv.login("bob").await;
+    assert_eq!(
+        p.call(Request::Logout).await.unwrap(),
+        Reply::Logout { revoked: false }
+    );
+    srv.stop().await;
+}

@@ -43,8 +43,8 @@ enum Command {
     Pwd(cmd::client::PwdArgs),
     /// An interactive session, like sftp's prompt.
     Shell(cmd::client::ShellArgs),
-    /// Forget the session token kept for a server and user (see `--help` of any client
-    /// command): the next command asks for the password again.
+    /// Log out: end the session token kept for a server and user, on the server and here (see
+    /// `--user` in any client command's help); the next command asks for the password again.
     Logout(cmd::client::LogoutArgs),
     /// Memory-to-memory throughput against a server, like iperf3.
     Bench(cmd::bench::Args),

@@ -203,9 +203,14 @@ fn logout_forgets_the_token() {
     let srv = Server::start_plain(&["fay", "gus"]);
     ok(srv.ferry("fay").arg("pwd"));
     ok(srv.ferry("gus").arg("pwd"));
+    let before = fs::read(sessions_file(&srv)).unwrap();
     let out = run(no_password(&srv, "fay").arg("logout"));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("logged out fay@"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("logged out fay@") && stderr(&out).contains("server ended"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(entry(&srv, "fay"), None);
     assert!(entry(&srv, "gus").is_some(), "other users' tokens stay");
     let mode = fs::metadata(sessions_file(&srv))
@@ -219,6 +224,13 @@ fn logout_forgets_the_token() {
         "logged out: the password is needed again"
     );
     ok(no_password(&srv, "gus").arg("pwd"));
+    // The server ended it too: a copy of the file taken before is worth nothing for fay.
+    let after = fs::read(sessions_file(&srv)).unwrap();
+    fs::write(sessions_file(&srv), &before).unwrap();
+    let out = run(no_password(&srv, "fay").arg("pwd"));
+    assert!(!out.status.success(), "the server still took the token");
+    assert!(log(&srv).contains("token login refused"));
+    fs::write(sessions_file(&srv), &after).unwrap();
     // Logging out twice is fine and says so.
     let out = run(no_password(&srv, "fay").arg("logout"));
     assert!(out.status.success());
@@ -226,6 +238,39 @@ fn logout_forgets_the_token() {
         stderr(&out).contains("no session token"),
         "{}",
         stderr(&out)
+    );
+
+    // With the server gone, logout still forgets the local copy, and says the server could
+    // not be told.
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut file = sessions(&srv);
+    file["sessions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "server": unreachable.to_string(),
+            "user": "gus",
+            "token": "ab".repeat(32),
+            "expires": u64::MAX / 2,
+        }));
+    fs::write(sessions_file(&srv), file.to_string()).unwrap();
+    let out = run(srv
+        .ferry_at(&unreachable.to_string(), "gus")
+        .env_remove("FERRY_PASSWORD")
+        .arg("logout"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("could not reach"), "{}", stderr(&out));
+    let left = sessions(&srv);
+    assert!(
+        !left["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["server"] == unreachable.to_string()),
+        "{left}"
     );
 
     let out = run(no_password(&srv, "gus").args(["logout", "--all"]));

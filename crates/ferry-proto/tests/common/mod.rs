@@ -206,6 +206,7 @@ pub fn bodiless_request() -> impl Strategy<Value = Request> {
         (text(), text()).prop_map(|(user, password)| Request::login_password(user, password)),
         (text(), token()).prop_map(|(user, token)| Request::login_token(user, token)),
         Just(Request::Pwd),
+        Just(Request::Logout),
         text().prop_map(|path| Request::Cd { path }),
         prop::option::of(text()).prop_map(|path| Request::Ls { path }),
         (text(), algo()).prop_map(|(path, algo)| Request::Stat { path, algo }),
@@ -322,6 +323,7 @@ pub fn bodiless_reply() -> impl Strategy<Value = Reply> {
             }
         ),
         text().prop_map(|cwd| Reply::Pwd { cwd }),
+        any::<bool>().prop_map(|revoked| Reply::Logout { revoked }),
         text().prop_map(|cwd| Reply::Cd { cwd }),
         (text(), prop::collection::vec(entry(), 0..4))
             .prop_map(|(path, entries)| Reply::Ls { path, entries }),

@@ -104,6 +104,8 @@ async fn with_password(s: &mut Session, name: String, password: String) -> Resul
 async fn with_token(s: &mut Session, name: String, token: String) -> Result<Reply, OpError> {
     let shared = Arc::clone(&s.shared);
     let n = name.clone();
+    // Kept (the hash, not the token) so `logout` can end this token.
+    let token_hash = blake3::hash(token.as_bytes());
     // Reading the users file (when it changed) is file-system work, so off the async threads.
     let verdict = blocking(move || {
         let credential = validate_name(&n)
@@ -124,6 +126,7 @@ async fn with_token(s: &mut Session, name: String, token: String) -> Result<Repl
         }
     };
     enter(s, &name).await?;
+    s.token_hash = Some(token_hash);
     tracing::info!(peer = %s.peer, user = %name, "logged in with a session token");
     Ok(Reply::Login {
         user: name,

@@ -103,28 +103,7 @@ impl Remote {
     /// keeping the token the server answers with.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let user = self.user()?;
-        let tls = if self.plain {
-            TlsMode::Plain
-        } else {
-            TlsMode::Tls {
-                ca: self.ca.clone(),
-                known_hosts: ferry_client::tls::default_known_hosts(),
-            }
-        };
-        let options = ConnectOptions {
-            tls,
-            session_token: true,
-        };
-        let mut client = Client::connect(&self.server, &options)
-            .await
-            .with_context(|| format!("cannot reach ferry server at {}", self.server))?;
-        if let Some(Trust::FirstUse(fp)) = client.trust() {
-            eprintln!(
-                "ferry: trusting {} on first use; its certificate is {fp} (pinned in {})",
-                self.server,
-                ferry_client::tls::default_known_hosts().display()
-            );
-        }
+        let mut client = self.greet().await?;
         let cache = SessionCache::default_location();
         let fingerprint = client.server_fingerprint().cloned();
         let cached = client
@@ -172,6 +151,58 @@ impl Remote {
         Ok(client)
     }
 
+    /// Connects and greets, asking for session tokens.
+    async fn greet(&self) -> anyhow::Result<Client> {
+        let tls = if self.plain {
+            TlsMode::Plain
+        } else {
+            TlsMode::Tls {
+                ca: self.ca.clone(),
+                known_hosts: ferry_client::tls::default_known_hosts(),
+            }
+        };
+        let options = ConnectOptions {
+            tls,
+            session_token: true,
+        };
+        let client = Client::connect(&self.server, &options)
+            .await
+            .with_context(|| format!("cannot reach ferry server at {}", self.server))?;
+        if let Some(Trust::FirstUse(fp)) = client.trust() {
+            eprintln!(
+                "ferry: trusting {} on first use; its certificate is {fp} (pinned in {})",
+                self.server,
+                ferry_client::tls::default_known_hosts().display()
+            );
+        }
+        Ok(client)
+    }
+
+    /// Logs in with the cached token only and asks the server to end it; whether it did.
+    async fn end_token_on_server(&self, user: &str) -> anyhow::Result<bool> {
+        let mut client = self.greet().await?;
+        let fingerprint = client.server_fingerprint().cloned();
+        let cache = SessionCache::default_location();
+        let Some(cached) = cache.get(&self.server, user, fingerprint.as_ref(), SystemTime::now())
+        else {
+            return Ok(false);
+        };
+        if !client.offers_session_tokens() {
+            return Ok(false);
+        }
+        match client
+            .login_with(user, Credential::Token(&cached.token))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let ended = client.logout().await?;
+        let _ = client.quit().await;
+        Ok(ended)
+    }
+
     /// Saves a token; a cache that cannot be written only costs password logins later.
     fn keep_token(
         &self,
@@ -197,7 +228,7 @@ impl Remote {
         }
     }
 
-    /// `ferry logout`: forgets the cached token for this server and user.
+    /// Forgets the cached token for this server and user.
     pub fn forget_token(&self) -> anyhow::Result<bool> {
         let user = self.user()?;
         let cache = SessionCache::default_location();
@@ -217,8 +248,8 @@ pub struct LogoutArgs {
     pub all: bool,
 }
 
-/// Removes cached session tokens. Only the local copy: the server forgets the token when it
-/// expires, or at once if the password changes.
+/// Removes cached session tokens; for one server and user, first asks that server to end the
+/// token (if it can be reached), so a copy of the file taken earlier is worthless too.
 pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
     let cache = SessionCache::default_location();
     if args.all {
@@ -227,7 +258,7 @@ pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("removing {}", cache.path().display()))?;
         if removed {
             eprintln!(
-                "ferry: forgot every session token ({})",
+                "ferry: forgot every session token ({}); the servers end them when they expire",
                 cache.path().display()
             );
         } else {
@@ -235,14 +266,22 @@ pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let user = args.remote.user()?;
-    if args.remote.forget_token()? {
-        eprintln!("ferry: logged out {user}@{}", args.remote.server);
-    } else {
-        eprintln!(
-            "ferry: no session token kept for {user}@{}",
-            args.remote.server
-        );
+    let remote = &args.remote;
+    let user = remote.user()?;
+    let who = format!("{user}@{}", remote.server);
+    if !cache.contains(&remote.server, &user) {
+        eprintln!("ferry: no session token kept for {who}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let on_server = block_on(remote.end_token_on_server(&user));
+    remote.forget_token()?;
+    match on_server {
+        Ok(true) => eprintln!("ferry: logged out {who} (the server ended the token)"),
+        Ok(false) => eprintln!("ferry: logged out {who} (the server no longer held the token)"),
+        Err(e) => eprintln!(
+            "ferry: logged out {who} on this machine; could not reach the server ({e:#}), \
+             where the token stays valid until it expires"
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
