@@ -165,6 +165,8 @@ const KEYS: &[&str] = &[
     "client",
     "user",
     "password",
+    "token",
+    "token_ttl",
     "parents",
     "recursive",
     "from",
@@ -206,6 +208,8 @@ const STRINGS: &[&str] = &[
     "pipelining",
     "resume",
     "hash:blake3",
+    "session-token",
+    "5f0c3ad2e1b47a9886c0d2f3e4a5b6c7d8e9f00112233445566778899aabbccd",
     "md5:",
     "md5:xyz",
     "blake3:4e99d205e3b7f06e476cf0cab613752b72efb2fb85851167578ac533edb539dc",
@@ -278,7 +282,9 @@ fn typed_value(u: &mut Unstructured, key: &str) -> AResult<Value> {
         return value(u, 2);
     }
     Ok(match key {
-        "size" | "offset" | "body_len" | "id" | "max_header" | "version" => number(u)?,
+        "size" | "offset" | "body_len" | "id" | "max_header" | "version" | "token_ttl" => {
+            number(u)?
+        }
         "mtime" => Value::from(u.arbitrary::<i64>()?),
         "overwrite" | "parents" | "recursive" | "ok" | "download" => {
             Value::from(u.arbitrary::<bool>()?)

@@ -1,7 +1,10 @@
 //! A logged-in session with a ferry server and its commands.
 
+use std::time::Duration;
+
+use ferry_proto::message::SESSION_TOKEN;
 use ferry_proto::{
-    Entry, HashAlgo, Limits, PROTOCOL_VERSION, Reply, ReplyFrame, Request, RequestFrame,
+    Digest, Entry, HashAlgo, Limits, PROTOCOL_VERSION, Reply, ReplyFrame, Request, RequestFrame,
 };
 use tokio::net::TcpStream;
 
@@ -13,6 +16,29 @@ use crate::tls::{self, TlsMode, Trust};
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     pub tls: TlsMode,
+    /// Ask for a session token on a password login (the `session-token` feature). Only
+    /// worth it for a caller that keeps the token (the CLI's session cache): each one takes a
+    /// slot of the user's bounded set on the server.
+    pub session_token: bool,
+}
+
+/// What proves who is logging in.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    Password(&'a str),
+    /// A session token from an earlier password login's [`LoggedIn::token`].
+    Token(&'a str),
+}
+
+/// A successful login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedIn {
+    /// The starting working directory.
+    pub cwd: String,
+    /// A new session token (password logins that asked for one, on servers that issue them).
+    pub token: Option<String>,
+    /// How long the new token, or the token just used, stays valid if unused.
+    pub token_ttl: Option<Duration>,
 }
 
 /// What the server said in its greeting.
@@ -32,6 +58,7 @@ pub struct Client {
     next_id: u64,
     hello: ServerHello,
     trust: Option<Trust>,
+    fingerprint: Option<Digest>,
     pub(crate) scratch: Vec<u8>,
 }
 
@@ -41,8 +68,8 @@ impl Client {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| ClientError::io(format!("connecting to {addr}"), e))?;
-        let (stream, trust) = match &opts.tls {
-            TlsMode::Plain => (Stream::Plain(tcp), None),
+        let (stream, trust, fingerprint) = match &opts.tls {
+            TlsMode::Plain => (Stream::Plain(tcp), None, None),
             TlsMode::Tls { ca, known_hosts } => {
                 let prepared = tls::prepare(ca.as_deref(), known_hosts, addr)?;
                 let connector = tokio_rustls::TlsConnector::from(prepared.config);
@@ -54,7 +81,17 @@ impl Client {
                         if let (Some(v), Some(Trust::FirstUse(fp))) = (&prepared.verifier, &trust) {
                             v.remember(fp)?;
                         }
-                        (Stream::Tls(Box::new(s)), trust.or(Some(Trust::Verified)))
+                        let fingerprint = s
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|cert| tls::fingerprint(cert));
+                        (
+                            Stream::Tls(Box::new(s)),
+                            trust.or(Some(Trust::Verified)),
+                            fingerprint,
+                        )
                     }
                     Err(e) => {
                         if let Some(v) = &prepared.verifier {
@@ -90,6 +127,7 @@ impl Client {
                 max_header: limits.max_header,
             },
             trust,
+            fingerprint,
             scratch: Vec::new(),
         };
         let reply = client
@@ -97,6 +135,7 @@ impl Client {
                 version: PROTOCOL_VERSION,
                 features: ferry_proto::message::FEATURES
                     .iter()
+                    .filter(|f| opts.session_token || **f != SESSION_TOKEN)
                     .map(|s| s.to_string())
                     .collect(),
                 client: Some(format!("ferry/{}", env!("CARGO_PKG_VERSION"))),
@@ -132,6 +171,17 @@ impl Client {
         self.trust.as_ref()
     }
 
+    /// The fingerprint of the certificate the server presented (None on plain TCP).
+    pub fn server_fingerprint(&self) -> Option<&Digest> {
+        self.fingerprint.as_ref()
+    }
+
+    /// Whether the server accepts session tokens on this connection (both sides named
+    /// `session-token` in the greeting).
+    pub fn offers_session_tokens(&self) -> bool {
+        self.hello.features.iter().any(|f| f == SESSION_TOKEN)
+    }
+
     pub fn is_tls(&self) -> bool {
         self.conn.is_tls()
     }
@@ -140,18 +190,34 @@ impl Client {
         self.conn.peer_addr().ok()
     }
 
-    /// Logs in; returns the starting working directory.
+    /// Logs in with a password; returns the starting working directory.
     pub async fn login(&mut self, user: &str, password: &str) -> Result<String> {
-        let reply = self
-            .call(Request::Login {
-                user: user.to_owned(),
-                password: password.to_owned(),
-            })
-            .await?;
-        match reply {
-            Reply::Login { cwd, .. } => {
+        Ok(self
+            .login_with(user, Credential::Password(password))
+            .await?
+            .cwd)
+    }
+
+    /// Logs in with a password or a session token. A refused token is a
+    /// [`ClientError::Remote`] with code `token_invalid`; the password still works.
+    pub async fn login_with(&mut self, user: &str, credential: Credential<'_>) -> Result<LoggedIn> {
+        let request = match credential {
+            Credential::Password(p) => Request::login_password(user, p),
+            Credential::Token(t) => Request::login_token(user, t),
+        };
+        match self.call(request).await? {
+            Reply::Login {
+                cwd,
+                token,
+                token_ttl,
+                ..
+            } => {
                 self.conn.set_send_max_header(self.hello.max_header);
-                Ok(cwd)
+                Ok(LoggedIn {
+                    cwd,
+                    token,
+                    token_ttl: token_ttl.map(Duration::from_secs),
+                })
             }
             other => Err(unexpected("login", &other)),
         }
@@ -305,6 +371,15 @@ impl Client {
         {
             Reply::Mv { from, to } => Ok((from, to)),
             other => Err(unexpected("mv", &other)),
+        }
+    }
+
+    /// Ends, on the server, the session token this session logged in with; whether there was
+    /// one to end.
+    pub async fn logout(&mut self) -> Result<bool> {
+        match self.call(Request::Logout).await? {
+            Reply::Logout { revoked } => Ok(revoked),
+            other => Err(unexpected("logout", &other)),
         }
     }
 

@@ -11,6 +11,8 @@
 //! - `bench.rs`: [`Client::bench`], memory-to-memory throughput like iperf3.
 //! - [`tls`]: TLS with certificates verified against the system roots or `--ca`, or trusted on
 //!   first use and pinned by fingerprint in a known-hosts file.
+//! - [`sessions`]: the cache of session tokens per (server, user), so a run of commands logs in
+//!   with the password once.
 //! - [`Progress`]: hooks the CLI uses to draw progress bars; the library prints nothing.
 
 mod bench;
@@ -18,11 +20,12 @@ mod client;
 mod conn;
 mod error;
 mod progress;
+pub mod sessions;
 pub mod tls;
 mod transfer;
 
 pub use bench::{BENCH_CHUNK, BenchSample};
-pub use client::{Client, ConnectOptions, ServerHello};
+pub use client::{Client, ConnectOptions, Credential, LoggedIn, ServerHello};
 pub use error::{ClientError, Result};
 pub use progress::{NoProgress, Progress};
 pub use tls::{TlsMode, Trust};

@@ -55,6 +55,11 @@ pub fn default_known_hosts() -> PathBuf {
     config_dir().join("known_hosts")
 }
 
+/// Where the CLI keeps session tokens (see [`crate::sessions`]).
+pub fn default_sessions() -> PathBuf {
+    config_dir().join("sessions")
+}
+
 /// The fingerprint of a DER certificate, as `ferry serve` prints it: `sha256:<hex>`.
 pub fn fingerprint(cert_der: &[u8]) -> Digest {
     Digest::of(HashAlgo::Sha256, cert_der)

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     AuthRequired,
     /// Unknown user or wrong password (deliberately the same code for both).
     AuthFailed,
+    /// A session token that is not (or no longer) valid for this user: unknown, expired,
+    /// revoked by a password change, or not even well-formed. Log in with the password.
+    TokenInvalid,
     NotFound,
     AlreadyExists,
     NotADirectory,
@@ -38,11 +41,12 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::AuthRequired,
         ErrorCode::AuthFailed,
+        ErrorCode::TokenInvalid,
         ErrorCode::NotFound,
         ErrorCode::AlreadyExists,
         ErrorCode::NotADirectory,
@@ -65,6 +69,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::AuthRequired => "auth_required",
             ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::NotADirectory => "not_a_directory",

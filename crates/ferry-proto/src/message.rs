@@ -24,11 +24,19 @@ pub const FEATURES: &[&str] = &[
     "hash:sha256",
     "hash:md5",
     "hash-after-body",
+    "session-token",
 ];
 
 /// The feature that lets a `put` leave out its `hash` and send it in a `put_hash` frame right
 /// after the body, so a client can start sending before it has read the file to hash it.
 pub const HASH_AFTER_BODY: &str = "hash-after-body";
+
+/// The feature that asks for a session token on a password login (see [`Request::Login`]). A
+/// client that does not ask gets the login reply it always got.
+pub const SESSION_TOKEN: &str = "session-token";
+
+/// A session token as the server issues it: 32 random bytes as 64 lowercase hex digits.
+pub const TOKEN_HEX_LEN: usize = 64;
 
 /// Sizes the decoder and the message checks enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +76,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
     },
+    /// Exactly one of `password` and `token` (a session token from an earlier password
+    /// login's reply); both or neither is a bad request.
     Login {
         user: String,
-        password: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     Pwd,
     Cd {
@@ -154,6 +167,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         download: bool,
     },
+    /// Ends the session token this session logged in with, on the server: later logins with
+    /// it get `token_invalid`. The session itself stays logged in.
+    Logout,
     Quit,
 }
 
@@ -169,10 +185,28 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Request {
+    /// A password login, as every client before session tokens sent it.
+    pub fn login_password(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Request::Login {
+            user: user.into(),
+            password: Some(password.into()),
+            token: None,
+        }
+    }
+
+    /// A login with a session token instead of the password.
+    pub fn login_token(user: impl Into<String>, token: impl Into<String>) -> Self {
+        Request::Login {
+            user: user.into(),
+            password: None,
+            token: Some(token.into()),
+        }
+    }
+
     /// Every op this version knows, as written on the wire.
-    pub const OPS: [&'static str; 15] = [
+    pub const OPS: [&'static str; 16] = [
         "hello", "login", "pwd", "cd", "ls", "stat", "mkdir", "rm", "mv", "put", "put_hash",
-        "resume", "get", "bench", "quit",
+        "resume", "get", "bench", "logout", "quit",
     ];
 
     /// Ops that are never answered on their own: a `put_hash` is answered by its put's reply.
@@ -194,7 +228,31 @@ impl Request {
             Request::Resume { .. } => "resume",
             Request::Get { .. } => "get",
             Request::Bench { .. } => "bench",
+            Request::Logout => "logout",
             Request::Quit => "quit",
+        }
+    }
+
+    /// Checks what serde cannot say: a login carries exactly one of password and token.
+    pub fn check_fields(&self) -> Result<(), ProtoError> {
+        match self {
+            Request::Login {
+                password: Some(_),
+                token: Some(_),
+                ..
+            } => Err(ProtoError::Malformed {
+                op: "login".into(),
+                detail: "send either `password` or `token`, not both".into(),
+            }),
+            Request::Login {
+                password: None,
+                token: None,
+                ..
+            } => Err(ProtoError::Malformed {
+                op: "login".into(),
+                detail: "missing field `password` (or `token`)".into(),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -312,6 +370,7 @@ impl RequestFrame {
                 detail: e.to_string(),
             })
         })?;
+        request.check_fields().map_err(reject)?;
         request.check_body(body_len, limits).map_err(reject)?;
         Ok(RequestFrame {
             id,
@@ -384,6 +443,14 @@ pub enum Reply {
     Login {
         user: String,
         cwd: String,
+        /// A session token for later logins as `user`: only in the reply to a password login
+        /// of a session that negotiated `session-token`, when the server issues tokens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Seconds the token stays valid: the full lifetime with a new token, what is left
+        /// of it after a token login. Tokens expire sooner when unused (see docs/SECURITY.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_ttl: Option<u64>,
     },
     Pwd {
         cwd: String,
@@ -431,6 +498,11 @@ pub enum Reply {
         #[serde(default, skip_serializing_if = "is_false")]
         download: bool,
     },
+    /// Whether a token was ended: false when the session logged in with a password (or its
+    /// token had already ended).
+    Logout {
+        revoked: bool,
+    },
     Quit,
 }
 
@@ -450,6 +522,7 @@ impl Reply {
             Reply::Resume { .. } => "resume",
             Reply::Get { .. } => "get",
             Reply::Bench { .. } => "bench",
+            Reply::Logout { .. } => "logout",
             Reply::Quit => "quit",
         }
     }

@@ -367,6 +367,114 @@ fn missing_fields() {
 }
 
 #[test]
+fn login_takes_exactly_one_of_password_and_token() {
+    let token = "ab".repeat(32);
+    // Either alone is fine; a password-only login is byte for byte what older clients send.
+    let f = request(r#"{"id":4,"op":"login","user":"ann","password":"x"}"#).unwrap();
+    assert_eq!(f.request, Request::login_password("ann", "x"));
+    let f = request(&format!(
+        r#"{{"id":4,"op":"login","user":"ann","token":"{token}"}}"#
+    ))
+    .unwrap();
+    assert_eq!(f.request, Request::login_token("ann", token.clone()));
+    // An explicit null is the same as leaving the field out.
+    let f = request(r#"{"id":4,"op":"login","user":"ann","password":"x","token":null}"#).unwrap();
+    assert_eq!(f.request, Request::login_password("ann", "x"));
+    // The frame layer does not judge a token's shape: the server answers token_invalid.
+    for odd in ["", "not hex", "ABCDEF"] {
+        let f = request(&format!(
+            r#"{{"id":4,"op":"login","user":"ann","token":"{odd}"}}"#
+        ))
+        .unwrap();
+        assert_eq!(f.request, Request::login_token("ann", odd));
+    }
+    for json in [
+        format!(r#"{{"id":4,"op":"login","user":"ann","password":"x","token":"{token}"}}"#),
+        r#"{"id":4,"op":"login","user":"ann","password":"","token":""}"#.to_owned(),
+        r#"{"id":4,"op":"login","user":"ann"}"#.to_owned(),
+        r#"{"id":4,"op":"login","user":"ann","password":null,"token":null}"#.to_owned(),
+    ] {
+        let err = rejected(&json, 4);
+        malformed(&err, "login");
+    }
+    for json in [
+        r#"{"id":4,"op":"login","user":"ann","token":7}"#,
+        r#"{"id":4,"op":"login","user":"ann","token":["ab"]}"#,
+        r#"{"id":4,"op":"login","user":"ann","token":{"t":"ab"}}"#,
+        r#"{"id":4,"op":"login","token":"ab"}"#,
+    ] {
+        malformed(&rejected(json, 4), "login");
+    }
+    // logout takes nothing; stray fields are ignored like anywhere else.
+    assert_eq!(
+        request(r#"{"id":5,"op":"logout"}"#).unwrap().request,
+        Request::Logout
+    );
+    assert_eq!(
+        request(r#"{"id":5,"op":"logout","token":"ab"}"#)
+            .unwrap()
+            .request,
+        Request::Logout
+    );
+    malformed(
+        &reply(r#"{"id":5,"ok":true,"op":"logout"}"#)
+            .unwrap_err()
+            .error,
+        "reply",
+    );
+    malformed(
+        &reply(r#"{"id":5,"ok":true,"op":"logout","revoked":"yes"}"#)
+            .unwrap_err()
+            .error,
+        "reply",
+    );
+    // The rule is the decoder's, so a frame built by hand is checked the same way.
+    let both = Request::Login {
+        user: "ann".into(),
+        password: Some("x".into()),
+        token: Some(token),
+    };
+    malformed(&both.check_fields().unwrap_err(), "login");
+}
+
+#[test]
+fn login_replies_with_and_without_a_token() {
+    let f = reply(r#"{"id":2,"ok":true,"op":"login","user":"ann","cwd":"/"}"#).unwrap();
+    assert_eq!(
+        f.result,
+        Ok(Reply::Login {
+            user: "ann".into(),
+            cwd: "/".into(),
+            token: None,
+            token_ttl: None
+        })
+    );
+    let f = reply(
+        r#"{"id":2,"ok":true,"op":"login","user":"ann","cwd":"/","token":"t","token_ttl":60}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        f.result,
+        Ok(Reply::Login {
+            user: "ann".into(),
+            cwd: "/".into(),
+            token: Some("t".into()),
+            token_ttl: Some(60)
+        })
+    );
+    for json in [
+        r#"{"id":2,"ok":true,"op":"login","user":"ann","cwd":"/","token":1}"#,
+        r#"{"id":2,"ok":true,"op":"login","user":"ann","cwd":"/","token_ttl":-1}"#,
+        r#"{"id":2,"ok":true,"op":"login","user":"ann","cwd":"/","token_ttl":"1h"}"#,
+    ] {
+        let err = reply(json).expect_err(json).error;
+        assert_err(&err, false, ErrorCode::BadRequest);
+    }
+    let f = reply(r#"{"id":2,"ok":false,"code":"token_invalid","message":"expired"}"#).unwrap();
+    assert_eq!(f.result.unwrap_err().code, ErrorCode::TokenInvalid);
+}
+
+#[test]
 fn optional_fields_take_their_defaults_and_unknown_fields_are_ignored() {
     let f = request(r#"{"id":1,"op":"hello","version":1,"later":{"x":[1,2]}}"#).unwrap();
     assert_eq!(
@@ -477,6 +585,8 @@ fn body_on_an_op_that_takes_none() {
     for op in [
         r#""op":"pwd""#,
         r#""op":"quit""#,
+        r#""op":"logout""#,
+        r#""op":"login","user":"ann","token":"ab""#,
         r#""op":"cd","path":"a""#,
         r#""op":"get","path":"a""#,
         r#""op":"hello","version":1"#,

@@ -117,6 +117,27 @@ fn big_stream() -> Vec<Sent> {
             ),
             Vec::new(),
         ),
+        req(9, Request::login_token("ann", "0123456789abcdef".repeat(4))),
+        Sent::Reply(
+            ReplyFrame::err(
+                9,
+                WireError::new(ErrorCode::TokenInvalid, "session token not valid"),
+            ),
+            Vec::new(),
+        ),
+        req(10, Request::login_password("ann", "s3cret")),
+        Sent::Reply(
+            ReplyFrame::ok(
+                10,
+                Reply::Login {
+                    user: "ann".into(),
+                    cwd: "/".into(),
+                    token: Some("fedcba9876543210".repeat(4)),
+                    token_ttl: Some(3600),
+                },
+            ),
+            Vec::new(),
+        ),
         put(2, "/one-byte", b"!"),
         put(3, "/big.bin", &file),
         deferred_put,
@@ -131,6 +152,11 @@ fn big_stream() -> Vec<Sent> {
         ),
         get_reply(4, "/big.bin", &file, 1000),
         get_reply(5, "/big.bin", &file, 4999),
+        req(11, Request::Logout),
+        Sent::Reply(
+            ReplyFrame::ok(11, Reply::Logout { revoked: true }),
+            Vec::new(),
+        ),
         req(6, Request::Pwd),
         Sent::Reply(
             ReplyFrame::err(6, WireError::new(ErrorCode::AuthRequired, "log in first")),

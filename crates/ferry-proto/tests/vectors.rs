@@ -17,6 +17,9 @@ use ferry_proto::{
     Digest, ErrorCode, HashAlgo, Reply, ReplyFrame, Request, RequestFrame, WireError,
 };
 
+/// The session token of the login vectors (made up: 32 bytes as 64 hex digits).
+const TOKEN: &str = "5f0c3ad2e1b47a9886c0d2f3e4a5b6c7d8e9f00112233445566778899aabbccd";
+
 /// The file the `put` and `get` vectors carry.
 const FILE: &[u8] = b"hello ferry\n";
 
@@ -73,13 +76,7 @@ fn vectors() -> Vec<(&'static str, Sent)> {
         (
             "login-request.bin",
             Sent::Request(
-                RequestFrame::new(
-                    2,
-                    Request::Login {
-                        user: "ann".into(),
-                        password: "s3cret".into(),
-                    },
-                ),
+                RequestFrame::new(2, Request::login_password("ann", "s3cret")),
                 vec![],
             ),
         ),
@@ -91,8 +88,32 @@ fn vectors() -> Vec<(&'static str, Sent)> {
                     Reply::Login {
                         user: "ann".into(),
                         cwd: "/".into(),
+                        token: None,
+                        token_ttl: None,
                     },
                 ),
+                vec![],
+            ),
+        ),
+        (
+            "login-reply-with-token.bin",
+            Sent::Reply(
+                ReplyFrame::ok(
+                    2,
+                    Reply::Login {
+                        user: "ann".into(),
+                        cwd: "/".into(),
+                        token: Some(TOKEN.into()),
+                        token_ttl: Some(3600),
+                    },
+                ),
+                vec![],
+            ),
+        ),
+        (
+            "login-token-request.bin",
+            Sent::Request(
+                RequestFrame::new(2, Request::login_token("ann", TOKEN)),
                 vec![],
             ),
         ),
@@ -357,19 +378,20 @@ fn error_code_all_is_complete_and_matches_serde() {
             ErrorCode::UnsupportedVersion => 1,
             ErrorCode::AuthRequired => 2,
             ErrorCode::AuthFailed => 3,
-            ErrorCode::NotFound => 4,
-            ErrorCode::AlreadyExists => 5,
-            ErrorCode::NotADirectory => 6,
-            ErrorCode::IsADirectory => 7,
-            ErrorCode::DirectoryNotEmpty => 8,
-            ErrorCode::PermissionDenied => 9,
-            ErrorCode::InvalidPath => 10,
-            ErrorCode::QuotaExceeded => 11,
-            ErrorCode::TooLarge => 12,
-            ErrorCode::ChecksumMismatch => 13,
-            ErrorCode::Busy => 14,
-            ErrorCode::Timeout => 15,
-            ErrorCode::Internal => 16,
+            ErrorCode::TokenInvalid => 4,
+            ErrorCode::NotFound => 5,
+            ErrorCode::AlreadyExists => 6,
+            ErrorCode::NotADirectory => 7,
+            ErrorCode::IsADirectory => 8,
+            ErrorCode::DirectoryNotEmpty => 9,
+            ErrorCode::PermissionDenied => 10,
+            ErrorCode::InvalidPath => 11,
+            ErrorCode::QuotaExceeded => 12,
+            ErrorCode::TooLarge => 13,
+            ErrorCode::ChecksumMismatch => 14,
+            ErrorCode::Busy => 15,
+            ErrorCode::Timeout => 16,
+            ErrorCode::Internal => 17,
         }
     }
     let mut seen = [false; ErrorCode::ALL.len()];

@@ -56,13 +56,7 @@ async fn one_client(addr: std::net::SocketAddr, i: usize, size: usize) {
             },
             0,
         ),
-        (
-            Request::Login {
-                user: "bench".into(),
-                password: "pw".into(),
-            },
-            0,
-        ),
+        (Request::login_password("bench", "pw"), 0),
         (
             Request::Put {
                 path: format!("/many/c{i}"),
@@ -176,15 +170,9 @@ async fn main() {
             )
             .encode(u32::MAX, &mut out)
             .unwrap();
-            RequestFrame::new(
-                2,
-                Request::Login {
-                    user: "bench".into(),
-                    password: "pw".into(),
-                },
-            )
-            .encode(u32::MAX, &mut out)
-            .unwrap();
+            RequestFrame::new(2, Request::login_password("bench", "pw"))
+                .encode(u32::MAX, &mut out)
+                .unwrap();
             s.write_all(&out).await.unwrap();
             reply(&mut s, &mut buf, &mut dec).await.0.result.unwrap();
             reply(&mut s, &mut buf, &mut dec).await.0.result.unwrap();
@@ -232,10 +220,7 @@ async fn main() {
             features: vec![],
             client: None,
         },
-        Request::Login {
-            user: "bench".into(),
-            password: "pw".into(),
-        },
+        Request::login_password("bench", "pw"),
     ] {
         s.write_all(&send(req, 0)).await.unwrap();
         reply(&mut s, &mut buf, &mut dec).await.0.result.unwrap();

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// A user's measured disk usage is reused by a login within this long of their previous
     /// login, even with no session open between them (see `quota::REMEASURE_AFTER`).
     pub remeasure_after: Duration,
+    /// Session tokens: their idle TTL (zero disables them) and how many are kept.
+    pub tokens: crate::tokens::TokenPolicy,
     /// TLS settings; `None` serves plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
@@ -55,6 +57,7 @@ impl ServerConfig {
             server_name: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_owned(),
             throttle: crate::throttle::ThrottlePolicy::default(),
             max_sessions_per_user: 256,
+            tokens: crate::tokens::TokenPolicy::default(),
             tls: None,
         }
     }

@@ -17,6 +17,8 @@
 //!   `ferry user` operations.
 //! - [`throttle`]: login throttling (growing delays, a lockout that ends by itself, per source
 //!   address and per user) and the cap on sessions per user.
+//! - [`tokens`]: session tokens — issued after a password login, redeemed instead of the
+//!   password; held in memory as blake3 hashes, bounded, revoked by a password change.
 //! - [`quota`]: size parsing and the in-memory per-user usage accountant with reservations.
 //! - [`hashes`]: the hash of record (per user, keyed by inode, checked against size + mtime).
 //! - [`tls`]: the server's certificate — its own self-signed one, made on first start and
@@ -55,6 +57,7 @@ pub mod server;
 pub mod session;
 pub mod throttle;
 pub mod tls;
+pub mod tokens;
 pub mod users;
 
 pub use config::ServerConfig;

@@ -23,6 +23,7 @@ use crate::ops::{self, OpError, batch};
 use crate::quota::{QuotaBook, UserUsage};
 use crate::root::DataRoot;
 use crate::throttle::{LoginThrottle, SessionCount, SessionSlot};
+use crate::tokens::TokenBook;
 use crate::users::UserStore;
 
 /// A request frame read but not yet handled (the one that ended a batch), and whether it is
@@ -64,6 +65,8 @@ pub struct Shared {
     pub throttle: LoginThrottle,
     /// Sessions logged in per user.
     pub sessions: Arc<SessionCount>,
+    /// Session tokens issued and not yet expired.
+    pub tokens: TokenBook,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +87,7 @@ impl Shared {
             ),
             throttle: LoginThrottle::new(config.throttle),
             sessions: Arc::new(SessionCount::default()),
+            tokens: TokenBook::new(config.tokens),
             config,
             root,
         }
@@ -168,6 +172,10 @@ pub struct Session {
     pub peer: SocketAddr,
     pub phase: Phase,
     pub cwd: VPath,
+    /// The client's hello asked for `session-token`: a password login is answered with one.
+    pub wants_token: bool,
+    /// The hash of the session token this session logged in with, for `logout`.
+    pub token_hash: Option<blake3::Hash>,
 }
 
 impl Session {
@@ -177,6 +185,8 @@ impl Session {
             peer,
             phase: Phase::Connected,
             cwd: VPath::root(),
+            wants_token: false,
+            token_hash: None,
         }
     }
 
@@ -370,8 +380,12 @@ impl Session {
                 }
                 r
             }
-            Request::Login { user, password } => {
-                let r = ops::login::run(self, user, password).await;
+            Request::Login {
+                user,
+                password,
+                token,
+            } => {
+                let r = ops::login::run(self, user, password, token).await;
                 if r.is_ok() {
                     conn.set_max_header(self.shared.config.limits.max_header);
                 }
@@ -430,6 +444,7 @@ impl Session {
                 conn.discard_body().await?;
                 Ok(ops::bench::reply(size, false))
             }
+            Request::Logout => Ok(ops::logout::run(self)),
             Request::Quit => {
                 conn.queue(&ReplyFrame::ok(id, ops::quit::run()));
                 return Ok(Flow::Close);

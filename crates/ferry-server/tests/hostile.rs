@@ -1680,12 +1680,9 @@ async fn connection_flood_past_the_cap_gets_busy() {
         }
     }
     let mut c = served.unwrap();
-    c.call(Request::Login {
-        user: "alice".into(),
-        password: "alice-pw".into(),
-    })
-    .await
-    .unwrap();
+    c.call(Request::login_password("alice", "alice-pw"))
+        .await
+        .unwrap();
     c.put("/after-flood", b"made it").await.unwrap();
     assert_eq!(c.get("/after-flood").await.unwrap().1, b"made it");
     drop(held);
@@ -1737,10 +1734,7 @@ async fn password_guessing_fails_and_the_right_password_still_works() {
             // Sequential guesses, then a pipelined burst.
             for (u, p) in &guesses {
                 c.expect_err(
-                    Request::Login {
-                        user: u.clone(),
-                        password: p.clone(),
-                    },
+                    Request::login_password(u.clone(), p.clone()),
                     ErrorCode::AuthFailed,
                 )
                 .await;
@@ -1749,10 +1743,7 @@ async fn password_guessing_fails_and_the_right_password_still_works() {
             for n in 0..8 {
                 ids.push(
                     c.send(
-                        Request::Login {
-                            user: "alice".into(),
-                            password: format!("guess-{k}-{n}"),
-                        },
+                        Request::login_password("alice", format!("guess-{k}-{n}")),
                         &[],
                     )
                     .await,
@@ -1766,12 +1757,9 @@ async fn password_guessing_fails_and_the_right_password_still_works() {
             // Still not logged in.
             c.expect_err(Request::Pwd, ErrorCode::AuthRequired).await;
             // The right password, on the same connection.
-            c.call(Request::Login {
-                user: "alice".into(),
-                password: "alice-pw".into(),
-            })
-            .await
-            .expect("the right password after many wrong ones");
+            c.call(Request::login_password("alice", "alice-pw"))
+                .await
+                .expect("the right password after many wrong ones");
             c.put(&format!("/after-guessing-{k}"), b"ok").await.unwrap();
         }));
     }
@@ -1853,12 +1841,7 @@ async fn a_very_deep_home_does_not_stop_login_or_crash_the_server() {
     let t = Instant::now();
     loop {
         let mut c = a.greeted().await;
-        let r = c
-            .call(Request::Login {
-                user: "alice".into(),
-                password: "alice-pw".into(),
-            })
-            .await;
+        let r = c.call(Request::login_password("alice", "alice-pw")).await;
         r.expect("alice can still log in");
         c.call(Request::Pwd).await.unwrap();
         if t.elapsed() > Duration::from_secs(1) {

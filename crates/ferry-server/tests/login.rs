@@ -22,13 +22,10 @@ fn quick_policy() -> ThrottlePolicy {
 }
 
 async fn login(c: &mut Client, user: &str, pw: &str) -> Result<(), (ErrorCode, String)> {
-    c.call(Request::Login {
-        user: user.into(),
-        password: pw.into(),
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| (e.code, e.message))
+    c.call(Request::login_password(user, pw))
+        .await
+        .map(|_| ())
+        .map_err(|e| (e.code, e.message))
 }
 
 async fn greeted(srv: &TestServer, from: &str) -> Client {

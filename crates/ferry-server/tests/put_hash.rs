@@ -71,12 +71,9 @@ async fn login(srv: &TestServer) -> Client {
         }
         other => panic!("{other:?}"),
     }
-    c.call(Request::Login {
-        user: "alice".into(),
-        password: "alice-pw".into(),
-    })
-    .await
-    .unwrap();
+    c.call(Request::login_password("alice", "alice-pw"))
+        .await
+        .unwrap();
     c
 }
 

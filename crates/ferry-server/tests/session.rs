@@ -6,10 +6,7 @@ use common::*;
 use ferry_proto::{EntryKind, ErrorCode, HashAlgo, Reply, Request};
 
 fn login(user: &str, pw: &str) -> Request {
-    Request::Login {
-        user: user.into(),
-        password: pw.into(),
-    }
+    Request::login_password(user, pw)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +109,7 @@ async fn state_machine_errors() {
     c.expect_err(login("../etc", "x"), ErrorCode::AuthFailed)
         .await;
     match c.call(login("alice", "alice-pw")).await.unwrap() {
-        Reply::Login { user, cwd } => {
+        Reply::Login { user, cwd, .. } => {
             assert_eq!(user, "alice");
             assert_eq!(cwd, "/");
         }

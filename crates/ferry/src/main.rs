@@ -43,6 +43,9 @@ enum Command {
     Pwd(cmd::client::PwdArgs),
     /// An interactive session, like sftp's prompt.
     Shell(cmd::client::ShellArgs),
+    /// Log out: end the session token kept for a server and user, on the server and here (see
+    /// `--user` in any client command's help); the next command asks for the password again.
+    Logout(cmd::client::LogoutArgs),
     /// Memory-to-memory throughput against a server, like iperf3.
     Bench(cmd::bench::Args),
     /// The course's UDP echo server, its client, and a loss/RTT ping.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Mv(a) => cmd::client::mv(a),
         Command::Pwd(a) => cmd::client::pwd(a),
         Command::Shell(a) => cmd::client::shell(a),
+        Command::Logout(a) => cmd::client::logout(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Udp(c) => cmd::udp::run(c),
         Command::Demo(c) => cmd::demo::run(c),

@@ -525,6 +525,8 @@ fn malicious_server() -> std::net::SocketAddr {
                     Ok(Reply::Login {
                         user,
                         cwd: "/".into(),
+                        token: None,
+                        token_ttl: None,
                     }),
                     b"",
                 ),
@@ -847,6 +849,8 @@ fn scripted_get_server(script: Vec<Serve>) -> std::net::SocketAddr {
                         Ok(Reply::Login {
                             user,
                             cwd: "/".into(),
+                            token: None,
+                            token_ttl: None,
                         }),
                         b"",
                     ),

@@ -190,10 +190,7 @@ impl Client {
             client: None,
         })
         .unwrap();
-        c.call(Request::Login {
-            user: name.into(),
-            password: pw.into(),
-        })?;
+        c.call(Request::login_password(name, pw))?;
         Ok(c)
     }
 }
@@ -247,17 +244,11 @@ fn serve_users_protocol_and_sigterm() {
         other => panic!("{other:?}"),
     }
     let e = c
-        .call(Request::Login {
-            user: "alice".into(),
-            password: "wrong".into(),
-        })
+        .call(Request::login_password("alice", "wrong"))
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::AuthFailed);
-    c.call(Request::Login {
-        user: "alice".into(),
-        password: "pw-alice".into(),
-    })
-    .unwrap();
+    c.call(Request::login_password("alice", "pw-alice"))
+        .unwrap();
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let (r, _) = c.call_body(
         Request::Put {

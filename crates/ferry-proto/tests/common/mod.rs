@@ -160,6 +160,15 @@ pub fn text() -> impl Strategy<Value = String> {
     prop::collection::vec(any::<char>(), 0..12).prop_map(|v| v.into_iter().collect())
 }
 
+/// A session token: usually well-formed (64 lowercase hex digits), sometimes any text, since
+/// the frame layer carries whatever a client sends and only the server judges it.
+pub fn token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[0-9a-f]{64}",
+        1 => text(),
+    ]
+}
+
 pub fn digest() -> impl Strategy<Value = Digest> {
     prop::sample::select(HashAlgo::ALL.to_vec()).prop_flat_map(|algo| {
         prop::collection::vec(any::<u8>(), algo.digest_len())
@@ -194,8 +203,10 @@ pub fn bodiless_request() -> impl Strategy<Value = Request> {
                 features,
                 client
             }),
-        (text(), text()).prop_map(|(user, password)| Request::Login { user, password }),
+        (text(), text()).prop_map(|(user, password)| Request::login_password(user, password)),
+        (text(), token()).prop_map(|(user, token)| Request::login_token(user, token)),
         Just(Request::Pwd),
+        Just(Request::Logout),
         text().prop_map(|path| Request::Cd { path }),
         prop::option::of(text()).prop_map(|path| Request::Ls { path }),
         (text(), algo()).prop_map(|(path, algo)| Request::Stat { path, algo }),
@@ -303,8 +314,16 @@ pub fn bodiless_reply() -> impl Strategy<Value = Reply> {
                     max_header
                 }
             ),
-        (text(), text()).prop_map(|(user, cwd)| Reply::Login { user, cwd }),
+        (text(), text(), prop::option::of((token(), any::<u64>()))).prop_map(
+            |(user, cwd, issued)| Reply::Login {
+                user,
+                cwd,
+                token: issued.as_ref().map(|(t, _)| t.clone()),
+                token_ttl: issued.map(|(_, ttl)| ttl),
+            }
+        ),
         text().prop_map(|cwd| Reply::Pwd { cwd }),
+        any::<bool>().prop_map(|revoked| Reply::Logout { revoked }),
         text().prop_map(|cwd| Reply::Cd { cwd }),
         (text(), prop::collection::vec(entry(), 0..4))
             .prop_map(|(path, entries)| Reply::Ls { path, entries }),

@@ -1,7 +1,11 @@
-//! `login`: checks the password (argon2id, on the blocking pool), opens the home and the
-//! user's usage accountant. Unknown users and wrong passwords get the same answer after about
-//! the same time, plus a delay that grows with repeated failures from the same address or for
-//! the same user, and a lockout that ends by itself ([`crate::throttle`]).
+//! `login`: with a password, checks it (argon2id, on the blocking pool); with a session token
+//! ([`crate::tokens`]), checks that instead, which costs a blake3 hash. Either way it then opens
+//! the home and the user's usage accountant. Unknown users and wrong passwords get the same
+//! answer after about the same time, plus a delay that grows with repeated failures from the
+//! same address or for the same user, and a lockout that ends by itself
+//! ([`crate::throttle`]). A refused token is answered `token_invalid` at once and counts
+//! toward none of that: a token cannot be guessed (256 bits), so refusing one tells an
+//! attacker nothing a delay would protect, and a stale token must not lock its owner out.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,9 +17,27 @@ use crate::home::{Home, VPath};
 use crate::quota;
 use crate::session::{Session, User};
 use crate::throttle::{SessionCount, Verdict};
+use crate::tokens::credential_of;
 use crate::users::{validate_name, verify_dummy, verify_password};
 
-pub async fn run(s: &mut Session, name: String, password: String) -> Result<Reply, OpError> {
+pub async fn run(
+    s: &mut Session,
+    name: String,
+    password: Option<String>,
+    token: Option<String>,
+) -> Result<Reply, OpError> {
+    match (password, token) {
+        (Some(password), None) => with_password(s, name, password).await,
+        (None, Some(token)) => with_token(s, name, token).await,
+        // The decoder already refuses these; kept so the rule holds whoever builds a request.
+        _ => Err(OpError::new(
+            ErrorCode::BadRequest,
+            "login takes either a password or a token",
+        )),
+    }
+}
+
+async fn with_password(s: &mut Session, name: String, password: String) -> Result<Reply, OpError> {
     let addr = s.peer.ip();
     if let Verdict::Locked(left) = s.shared.throttle.check(addr, &name, Instant::now()) {
         tracing::warn!(peer = %s.peer, user = %name, "login refused: locked out after failures");
@@ -38,19 +60,20 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
         .acquire()
         .await
         .map_err(|_| OpError::Internal("login semaphore closed".into()))?;
-    let ok = blocking(move || {
+    // The password entry the check passed against, to tie a session token to.
+    let credential = blocking(move || {
         let record = validate_name(&n).ok().and_then(|()| shared.users.get(&n));
         Ok(match record {
-            Some(r) => verify_password(&password, &r.password),
+            Some(r) => verify_password(&password, &r.password).then(|| credential_of(&r.password)),
             None => {
                 verify_dummy(&password);
-                false
+                None
             }
         })
     })
     .await?;
     drop(permit);
-    if !ok {
+    let Some(credential) = credential else {
         tracing::info!(peer = %s.peer, user = %name, "login failed");
         let delay = s.shared.throttle.failed(addr, &name, Instant::now());
         tokio::time::sleep(delay).await;
@@ -58,17 +81,78 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
             ErrorCode::AuthFailed,
             "unknown user or wrong password",
         ));
-    }
+    };
     s.shared.throttle.succeeded(addr, &name);
+    enter(s, &name).await?;
+    tracing::info!(peer = %s.peer, user = %name, "logged in");
+    let token = if s.wants_token {
+        s.shared.tokens.issue(&name, credential, Instant::now())
+    } else {
+        None
+    };
+    let token_ttl = token
+        .as_ref()
+        .map(|_| whole_seconds(s.shared.tokens.policy().ttl));
+    Ok(Reply::Login {
+        user: name,
+        cwd: s.cwd.display(),
+        token,
+        token_ttl,
+    })
+}
+
+async fn with_token(s: &mut Session, name: String, token: String) -> Result<Reply, OpError> {
+    let shared = Arc::clone(&s.shared);
+    let n = name.clone();
+    // Kept (the hash, not the token) so `logout` can end this token.
+    let token_hash = blake3::hash(token.as_bytes());
+    // Reading the users file (when it changed) is file-system work, so off the async threads.
+    let verdict = blocking(move || {
+        let credential = validate_name(&n)
+            .ok()
+            .and_then(|()| shared.users.get(&n))
+            .map(|r| credential_of(&r.password));
+        Ok(shared.tokens.redeem(&token, &n, credential, Instant::now()))
+    })
+    .await?;
+    let left = match verdict {
+        Ok(left) => left,
+        Err(refusal) => {
+            tracing::info!(peer = %s.peer, user = %name, "token login refused: {}", refusal.as_str());
+            return Err(OpError::new(
+                ErrorCode::TokenInvalid,
+                "session token not valid (expired, revoked or unknown); log in with the password",
+            ));
+        }
+    };
+    enter(s, &name).await?;
+    s.token_hash = Some(token_hash);
+    tracing::info!(peer = %s.peer, user = %name, "logged in with a session token");
+    Ok(Reply::Login {
+        user: name,
+        cwd: s.cwd.display(),
+        token: None,
+        token_ttl: Some(whole_seconds(left)),
+    })
+}
+
+/// Seconds, rounded up: a sub-second TTL (tests use them) must not read as "already expired".
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
+}
+
+/// Takes a session slot, opens the home and the usage accountant, and moves the session to
+/// authenticated: what every successful login does, whatever proved who the user is.
+async fn enter(s: &mut Session, name: &str) -> Result<(), OpError> {
     let max = s.shared.config.max_sessions_per_user;
-    let slot = SessionCount::take(&s.shared.sessions, &name, max).map_err(|open| {
+    let slot = SessionCount::take(&s.shared.sessions, name, max).map_err(|open| {
         OpError::new(
             ErrorCode::Busy,
             format!("{name} already has {open} sessions open (the most allowed); close one"),
         )
     })?;
     let shared = Arc::clone(&s.shared);
-    let n = name.clone();
+    let n = name.to_owned();
     let user = blocking(move || {
         let root = &shared.root;
         let internal = |e: std::io::Error| OpError::Internal(format!("setting up {n}: {e}"));
@@ -97,11 +181,7 @@ pub async fn run(s: &mut Session, name: String, password: String) -> Result<Repl
         })
     })
     .await?;
-    tracing::info!(peer = %s.peer, user = %name, "logged in");
     s.login(user);
     s.cwd = VPath::root();
-    Ok(Reply::Login {
-        user: name,
-        cwd: s.cwd.display(),
-    })
+    Ok(())
 }

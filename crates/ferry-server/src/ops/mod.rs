@@ -13,6 +13,7 @@ pub mod cd;
 pub mod get;
 pub mod hello;
 pub mod login;
+pub mod logout;
 pub mod ls;
 pub mod mkdir;
 pub mod mv;

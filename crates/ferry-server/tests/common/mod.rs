@@ -259,12 +259,9 @@ impl Client {
 
     pub async fn hello_login(&mut self, user: &str, pw: &str) {
         self.hello().await;
-        self.call(Request::Login {
-            user: user.into(),
-            password: pw.into(),
-        })
-        .await
-        .expect("login");
+        self.call(Request::login_password(user, pw))
+            .await
+            .expect("login");
     }
 
     pub async fn put(&mut self, path: &str, data: &[u8]) -> Result<Reply, WireError> {

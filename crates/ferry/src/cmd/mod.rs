@@ -58,7 +58,7 @@ pub fn exit_code_for_client(err: &ferry_client::ClientError) -> u8 {
 fn exit_code_for_wire(code: ferry_proto::ErrorCode) -> u8 {
     use ferry_proto::ErrorCode;
     match code {
-        ErrorCode::AuthFailed | ErrorCode::AuthRequired => exit::AUTH,
+        ErrorCode::AuthFailed | ErrorCode::AuthRequired | ErrorCode::TokenInvalid => exit::AUTH,
         ErrorCode::ChecksumMismatch => exit::VERIFY,
         _ => exit::REMOTE,
     }

@@ -48,6 +48,11 @@ pub struct Args {
     /// How long a lockout lasts (e.g. 300, 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub lockout_time: Duration,
+    /// Session tokens: a password login is answered with a token that later logins present
+    /// instead of the password, valid until unused for this long (at most 12 times this in
+    /// all) or until the user's password changes. 0 turns tokens off.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
     /// Serve plain TCP instead of TLS (for the course's Python client); loopback only unless
     /// --allow-plain-remote.
     #[arg(long, env = "FERRY_PLAIN", value_parser = clap::builder::BoolishValueParser::new())]
@@ -112,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.max_sessions_per_user = args.max_sessions_per_user.max(1);
     config.throttle.lockout_after = args.lockout_after.max(1);
     config.throttle.lockout = args.lockout_time;
+    config.tokens.ttl = args.session_ttl;
     if !args.plain {
         let tls = ferry_server::tls::load_or_create(
             &args.root.join("tls"),

@@ -2,7 +2,9 @@
 //!
 //! Every command connects, logs in, does its work and reports. Server address and user come
 //! from flags or FERRY_SERVER / FERRY_USER; the password from FERRY_PASSWORD (for scripts) or
-//! a prompt, never from the command line.
+//! a prompt, never from the command line. A password login leaves a session token in the
+//! session cache (`ferry_client::sessions`); later commands log in with it, and only ask for
+//! the password when it is missing, expired or refused.
 
 mod get;
 mod ops;
@@ -12,9 +14,12 @@ mod shell;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use ferry_client::{Client, ClientError, ConnectOptions, TlsMode, Trust};
+use ferry_client::sessions::SessionCache;
+use ferry_client::{Client, ClientError, ConnectOptions, Credential, TlsMode, Trust};
+use ferry_proto::ErrorCode;
 
 pub use get::{GetArgs, get};
 pub use ops::{LsArgs, MkdirArgs, MvArgs, PwdArgs, RmArgs, StatArgs, ls, mkdir, mv, pwd, rm, stat};
@@ -22,6 +27,11 @@ pub use put::{PutArgs, put};
 pub use shell::{ShellArgs, shell};
 
 /// Where to connect and as whom, shared by every client command.
+///
+/// The password comes from FERRY_PASSWORD or a prompt. After a password login the server's
+/// session token is kept in the config directory (`sessions`, mode 0600, beside
+/// `known_hosts`), so later commands to the same server as the same user need no password
+/// until the token expires (1 h unused by default) or `ferry logout` forgets it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Remote {
     /// Server address, host:port.
@@ -32,7 +42,10 @@ pub struct Remote {
         default_value = "127.0.0.1:9696"
     )]
     pub server: String,
-    /// User to log in as (default: your local user name).
+    /// User to log in as (default: your local user name). The password comes from
+    /// FERRY_PASSWORD or a prompt; after one password login, commands to the same server as
+    /// the same user log in with the session token kept in the config directory (no password
+    /// needed) until it expires unused (1 h by default) or `ferry logout` forgets it.
     #[arg(long, short = 'u', env = "FERRY_USER")]
     pub user: Option<String>,
     /// Plain TCP instead of TLS (only for a server started with --plain).
@@ -70,11 +83,9 @@ impl Remote {
         std::env::var("USER").context("no user given: use --user NAME or set FERRY_USER")
     }
 
-    /// Connects, greets and logs in.
-    pub async fn connect(&self) -> anyhow::Result<Client> {
-        let user = self.user()?;
-        let password = match std::env::var("FERRY_PASSWORD") {
-            Ok(p) => p,
+    fn password(&self, user: &str) -> anyhow::Result<String> {
+        match std::env::var("FERRY_PASSWORD") {
+            Ok(p) => Ok(p),
             Err(_) => {
                 if !std::io::stdin().is_terminal() {
                     anyhow::bail!(
@@ -82,9 +93,66 @@ impl Remote {
                     );
                 }
                 rpassword::prompt_password(format!("{user}@{}'s password: ", self.server))
-                    .context("reading the password")?
+                    .context("reading the password")
             }
-        };
+        }
+    }
+
+    /// Connects, greets and logs in: with the cached session token if there is one for this
+    /// server, user and certificate, else (or if the server refuses it) with the password,
+    /// keeping the token the server answers with.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let user = self.user()?;
+        let mut client = self.greet().await?;
+        let cache = SessionCache::default_location();
+        let fingerprint = client.server_fingerprint().cloned();
+        let cached = client
+            .offers_session_tokens()
+            .then(|| cache.get(&self.server, &user, fingerprint.as_ref(), SystemTime::now()))
+            .flatten();
+        if let Some(cached) = cached {
+            match client
+                .login_with(&user, Credential::Token(&cached.token))
+                .await
+            {
+                Ok(logged_in) => {
+                    // The server slides a used token's expiry; note it now and then (not on
+                    // every command: each note is a file write).
+                    if let Some(ttl) = logged_in.token_ttl {
+                        let now = SystemTime::now();
+                        let expires = now + ttl;
+                        let noted = SystemTime::UNIX_EPOCH + Duration::from_secs(cached.expires);
+                        if expires > noted + Duration::from_secs(60) {
+                            self.keep_token(
+                                &cache,
+                                &user,
+                                fingerprint.as_ref(),
+                                &cached.token,
+                                ttl,
+                            );
+                        }
+                    }
+                    return Ok(client);
+                }
+                Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => {
+                    let _ = cache.remove(&self.server, &user);
+                }
+                Err(e) => return Err(e).with_context(|| format!("login as {user} failed")),
+            }
+        }
+        let password = self.password(&user)?;
+        let logged_in = client
+            .login_with(&user, Credential::Password(&password))
+            .await
+            .with_context(|| format!("login as {user} failed"))?;
+        if let (Some(token), Some(ttl)) = (logged_in.token, logged_in.token_ttl) {
+            self.keep_token(&cache, &user, fingerprint.as_ref(), &token, ttl);
+        }
+        Ok(client)
+    }
+
+    /// Connects and greets, asking for session tokens.
+    async fn greet(&self) -> anyhow::Result<Client> {
         let tls = if self.plain {
             TlsMode::Plain
         } else {
@@ -93,7 +161,11 @@ impl Remote {
                 known_hosts: ferry_client::tls::default_known_hosts(),
             }
         };
-        let mut client = Client::connect(&self.server, &ConnectOptions { tls })
+        let options = ConnectOptions {
+            tls,
+            session_token: true,
+        };
+        let client = Client::connect(&self.server, &options)
             .await
             .with_context(|| format!("cannot reach ferry server at {}", self.server))?;
         if let Some(Trust::FirstUse(fp)) = client.trust() {
@@ -103,12 +175,115 @@ impl Remote {
                 ferry_client::tls::default_known_hosts().display()
             );
         }
-        client
-            .login(&user, &password)
-            .await
-            .with_context(|| format!("login as {user} failed"))?;
         Ok(client)
     }
+
+    /// Logs in with the cached token only and asks the server to end it; whether it did.
+    async fn end_token_on_server(&self, user: &str) -> anyhow::Result<bool> {
+        let mut client = self.greet().await?;
+        let fingerprint = client.server_fingerprint().cloned();
+        let cache = SessionCache::default_location();
+        let Some(cached) = cache.get(&self.server, user, fingerprint.as_ref(), SystemTime::now())
+        else {
+            return Ok(false);
+        };
+        if !client.offers_session_tokens() {
+            return Ok(false);
+        }
+        match client
+            .login_with(user, Credential::Token(&cached.token))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let ended = client.logout().await?;
+        let _ = client.quit().await;
+        Ok(ended)
+    }
+
+    /// Saves a token; a cache that cannot be written only costs password logins later.
+    fn keep_token(
+        &self,
+        cache: &SessionCache,
+        user: &str,
+        fingerprint: Option<&ferry_proto::Digest>,
+        token: &str,
+        ttl: Duration,
+    ) {
+        let saved = cache.put(
+            &self.server,
+            user,
+            fingerprint,
+            token,
+            ttl,
+            SystemTime::now(),
+        );
+        if let Err(e) = saved {
+            eprintln!(
+                "ferry: cannot save the session token in {}: {e}",
+                cache.path().display()
+            );
+        }
+    }
+
+    /// Forgets the cached token for this server and user.
+    pub fn forget_token(&self) -> anyhow::Result<bool> {
+        let user = self.user()?;
+        let cache = SessionCache::default_location();
+        cache
+            .remove(&self.server, &user)
+            .with_context(|| format!("updating {}", cache.path().display()))
+    }
+}
+
+/// `ferry logout`.
+#[derive(Debug, clap::Args)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Forget the session tokens of every server and user, not just this one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Removes cached session tokens; for one server and user, first asks that server to end the
+/// token (if it can be reached), so a copy of the file taken earlier is worthless too.
+pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
+    let cache = SessionCache::default_location();
+    if args.all {
+        let removed = cache
+            .clear()
+            .with_context(|| format!("removing {}", cache.path().display()))?;
+        if removed {
+            eprintln!(
+                "ferry: forgot every session token ({}); the servers end them when they expire",
+                cache.path().display()
+            );
+        } else {
+            eprintln!("ferry: no session tokens were kept");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let remote = &args.remote;
+    let user = remote.user()?;
+    let who = format!("{user}@{}", remote.server);
+    if !cache.contains(&remote.server, &user) {
+        eprintln!("ferry: no session token kept for {who}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let on_server = block_on(remote.end_token_on_server(&user));
+    remote.forget_token()?;
+    match on_server {
+        Ok(true) => eprintln!("ferry: logged out {who} (the server ended the token)"),
+        Ok(false) => eprintln!("ferry: logged out {who} (the server no longer held the token)"),
+        Err(e) => eprintln!(
+            "ferry: logged out {who} on this machine; could not reach the server ({e:#}), \
+             where the token stays valid until it expires"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs an async command body on a small runtime: one connection needs no more.
