@@ -189,7 +189,18 @@ impl HashStore {
         file: &fs::File,
         algo: HashAlgo,
     ) -> io::Result<(Digest, FileStamp)> {
-        let before = FileStamp::of(&file.metadata()?);
+        self.get_or_compute_stamped(user, file, FileStamp::of(&file.metadata()?), algo)
+    }
+
+    /// [`Self::get_or_compute`] for a caller that has just read the file's metadata (one
+    /// statx less per download).
+    pub fn get_or_compute_stamped(
+        &self,
+        user: &str,
+        file: &fs::File,
+        before: FileStamp,
+        algo: HashAlgo,
+    ) -> io::Result<(Digest, FileStamp)> {
         let rec = self.load(user, &before);
         if let Some(d) = rec.as_ref().and_then(|r| r.digests.get(algo.name())) {
             return Ok((d.clone(), before));

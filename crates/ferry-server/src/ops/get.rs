@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use ferry_proto::{ErrorCode, HashAlgo, Reply};
 
 use super::OpError;
+use crate::hashes::FileStamp;
 use crate::home::VPath;
 use crate::session::{UserFs, open_regular};
 
@@ -58,7 +59,12 @@ pub fn open(
     let (hash, stamp) = u
         .shared
         .hashes
-        .get_or_compute(&u.name, &file, algo.unwrap_or(HashAlgo::Blake3))
+        .get_or_compute_stamped(
+            &u.name,
+            &file,
+            FileStamp::of(&meta),
+            algo.unwrap_or(HashAlgo::Blake3),
+        )
         .map_err(|e| OpError::io(target, e))?;
     let size = stamp.size;
     let offset = offset.min(size);
