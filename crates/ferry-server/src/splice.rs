@@ -4,8 +4,9 @@
 //! Why: receiving into a user buffer, writing it out and hashing it cost the server two copies
 //! of every byte and a thread hand-off per chunk (reader → writer → hasher). With `splice` the
 //! kernel moves the socket's pages into a pipe by reference (on loopback, the sender's
-//! `sendfile` pages themselves) and copies once, into the file; hashing then reads the
-//! just-written window through a short-lived mapping while it is still in the CPU's cache.
+//! `sendfile` pages themselves) and copies once, into the file; hashing then reads each
+//! just-written window back from the page cache ([`ReadBack`]), on the same thread or on one
+//! beside it (the caller's choice, through the callback of [`receive`]).
 //!
 //! The thread reads at most the declared body from the socket, so whatever follows the body
 //! (a `put_hash` trailer, the next pipelined request) stays in the socket for the connection.
@@ -15,8 +16,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_proto::Hasher;
@@ -25,21 +28,45 @@ use ferry_proto::Hasher;
 /// each socket splice moves up to this much, so a 1 GiB body takes ~1,000 rounds.
 const PIPE_SIZE: usize = 1 << 20;
 
-/// Written bytes are hashed in windows of at least this size (or at the end of the body): one
-/// mapping per window, small enough to be hashed while still in the L2 cache and to keep the
-/// mapped pages (which count in the server's RSS) few.
-const HASH_WINDOW: u64 = 1 << 20;
+/// Written bytes are handed to the hashing in windows of at least this size (or the rest of
+/// the body): few enough hand-offs to a hash thread (~1,000 per GiB), small enough to be read
+/// back while still in the L2 cache.
+pub const HASH_WINDOW: u64 = 1 << 20;
 
-/// The read end of a pipe whose write end is held by the connection: dropping that ([`StopOnDrop`])
-/// makes it readable (hang-up), which ends a thread waiting on the socket.
-pub struct StopSignal(OwnedFd);
+/// The read-back buffer of [`ReadBack`].
+const READ_BACK: usize = 256 * 1024;
 
-/// Held by the connection while a splicing thread runs; dropped, it stops the thread.
-pub struct StopOnDrop(#[allow(dead_code)] OwnedFd);
+/// What the thread sees of [`StopOnDrop`]: a flag it checks between rounds, and the read end
+/// of a pipe whose write end the connection holds, which hangs up (waking a thread waiting on
+/// the socket) when that is dropped.
+pub struct StopSignal {
+    stopped: Arc<AtomicBool>,
+    wake: OwnedFd,
+}
+
+/// Held by the connection while a splicing thread runs; dropped (the connection cut mid-body
+/// by a hard shutdown, or the put done), it stops the thread, even one that is busy moving
+/// a body that keeps coming.
+pub struct StopOnDrop {
+    stopped: Arc<AtomicBool>,
+    _wake: OwnedFd,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        // `_wake` closes after this, hanging up the pipe under a waiting thread.
+    }
+}
 
 pub fn stop_pair() -> io::Result<(StopOnDrop, StopSignal)> {
     let (r, w) = pipe()?;
-    Ok((StopOnDrop(w), StopSignal(r)))
+    let stopped = Arc::new(AtomicBool::new(false));
+    let signal = StopSignal {
+        stopped: Arc::clone(&stopped),
+        wake: r,
+    };
+    Ok((StopOnDrop { stopped, _wake: w }, signal))
 }
 
 /// Where the body comes from: the connection's (non-blocking) socket, lent.
@@ -107,7 +134,7 @@ pub fn receive(
         let got = libc::fcntl(
             pipe_w.as_raw_fd(),
             libc::F_SETPIPE_SZ,
-            exp("FERRY_EXP_PIPE", PIPE_SIZE as u64) as libc::c_int,
+            PIPE_SIZE as libc::c_int,
         );
         if got > 0 {
             got as usize
@@ -117,6 +144,10 @@ pub fn receive(
     };
     let mut hashed = pos;
     while r.written < len {
+        if src.stop.stopped.load(Ordering::Relaxed) {
+            r.source_end = Some(SourceEnd::Stopped);
+            break;
+        }
         let want = ((len - r.written) as usize).min(cap);
         let n = match splice_from_socket(src, pipe_w.as_raw_fd(), want) {
             Ok(n) => n,
@@ -132,7 +163,7 @@ pub fn receive(
         }
         r.written += n as u64;
         let at = pos + r.written;
-        if at - hashed >= exp("FERRY_EXP_WINDOW", HASH_WINDOW) || r.written == len {
+        if at - hashed >= HASH_WINDOW || r.written == len {
             if let Err(e) = written(hashed, at) {
                 r.file_error = Some(e);
                 return r;
@@ -140,12 +171,8 @@ pub fn receive(
             hashed = at;
         }
     }
-    // A body cut short: what was written is hashed too, so a caller can tell how far it got.
-    if hashed < pos + r.written {
-        if let Err(e) = written(hashed, pos + r.written) {
-            r.file_error = Some(e);
-        }
-    }
+    // A body cut short is not hashed to its end: its digests are never used (the partial
+    // waits for a resume, which hashes the held prefix afresh).
     r
 }
 
@@ -196,7 +223,7 @@ fn wait_readable(src: &Source, deadline: Instant) -> Result<(), SourceEnd> {
                 revents: 0,
             },
             libc::pollfd {
-                fd: src.stop.0.as_raw_fd(),
+                fd: src.stop.wake.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -278,68 +305,42 @@ fn copy_pipe(pipe_r: &OwnedFd, file: &File, at: u64, n: usize) -> io::Result<()>
     file.write_all_at(&buf, at)
 }
 
-/// Hashes `file[from..to]` (just written, so in the page cache) through a read-only mapping.
-/// The partial is claimed by this upload (`UploadGuard`), so nothing truncates it under the
-/// mapping.
-pub fn hash_written(file: &File, from: u64, to: u64, hashers: &mut [Hasher]) -> io::Result<()> {
-    if from == to {
-        return Ok(());
-    }
-    let mode = exp("FERRY_EXP_HASH", 0);
-    if mode == 2 {
-        thread_local! { static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 << 10]); }
-        return BUF.with(|b| {
-            let mut b = b.borrow_mut();
-            let mut at = from;
-            while at < to {
-                let want = ((to - at) as usize).min(b.len());
-                file.read_exact_at(&mut b[..want], at)?;
-                for h in hashers.iter_mut() {
-                    h.update(&b[..want]);
-                }
-                at += want as u64;
-            }
-            Ok(())
-        });
-    }
-    let flags = if mode == 1 {
-        libc::MAP_SHARED
-    } else {
-        libc::MAP_SHARED | libc::MAP_POPULATE
-    };
-    let page = page_size();
-    let base = from - from % page;
-    let len = (to - base) as usize;
-    // SAFETY: a fresh read-only shared mapping of a range of the file that exists (it was just
-    // written); unmapped below before anything else touches it.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            flags,
-            file.as_fd().as_raw_fd(),
-            base as libc::off_t,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the mapping is `len` readable bytes and lives until the munmap below.
-    let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
-    let window = &bytes[(from - base) as usize..];
-    for h in hashers.iter_mut() {
-        h.update(window);
-    }
-    // SAFETY: unmapping exactly the mapping made above; `bytes` is not used after this.
-    unsafe { libc::munmap(ptr, len) };
-    Ok(())
+/// Hashes what was just written to a partial, read back from the page cache (where it still
+/// is, and mostly still in the CPU's cache) through one small reused buffer. Reading back
+/// cost the same CPU as hashing through a short-lived `mmap` of each window (`MAP_POPULATE`
+/// or faulted in; within noise, ~0.17 s per GiB here), and unlike a mapping it cannot take
+/// the server down with `SIGBUS` if someone truncates the partial meanwhile.
+pub struct ReadBack {
+    buf: Vec<u8>,
 }
 
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as u64 } else { 4096 }
+impl ReadBack {
+    /// For a body of `len` bytes: the buffer is no larger than the body.
+    pub fn new(len: u64) -> Self {
+        ReadBack {
+            buf: vec![0; len.min(READ_BACK as u64) as usize],
+        }
+    }
+
+    /// Feeds `file[from..to]` to `hashers`.
+    pub fn hash(
+        &mut self,
+        file: &File,
+        mut from: u64,
+        to: u64,
+        hashers: &mut [Hasher],
+    ) -> io::Result<()> {
+        while from < to {
+            let want = ((to - from) as usize).min(self.buf.len());
+            let piece = &mut self.buf[..want];
+            file.read_exact_at(piece, from)?;
+            for h in hashers.iter_mut() {
+                h.update(piece);
+            }
+            from += want as u64;
+        }
+        Ok(())
+    }
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -350,11 +351,4 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn exp(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -170,7 +170,11 @@ async fn every_size_round_trips_with_what_follows_it_in_the_same_write() {
         expect_pwd(&mut c, id + 3).await;
         for name in [&deferred, &declared] {
             let got = std::fs::read(srv.home("alice").join(&name[1..])).unwrap();
-            assert!(got == body, "{name}: {} bytes, not the {len} sent", got.len());
+            assert!(
+                got == body,
+                "{name}: {} bytes, not the {len} sent",
+                got.len()
+            );
         }
         let entries = c.ls(&declared).await;
         assert_eq!(entries[0].hash, Some(blake3(&body)), "{declared}");
@@ -294,5 +298,50 @@ async fn a_stalled_body_times_out_and_keeps_its_partial() {
         resume_offset(&mut c, "/stall", body.len() as u64).await,
         sent as u64
     );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_shutdown_stops_a_body_that_keeps_coming() {
+    use tokio::io::AsyncWriteExt;
+    let mut srv = TestServer::start_with(|c| c.grace = Duration::from_millis(300)).await;
+    let c = login(&srv, "alice").await;
+    // A body declared far larger than can be sent before the test gives up, sent as fast as
+    // the client can: the thread moving it must notice the cut (between rounds, or while
+    // waiting for the socket) and close the connection.
+    let declared = 64u64 << 30;
+    let mut head = bytes::BytesMut::new();
+    RequestFrame {
+        id: 1,
+        request: Request::Put {
+            path: "/endless".into(),
+            size: declared,
+            hash: None,
+            offset: 0,
+            overwrite: false,
+            mtime: Some(MTIME),
+        },
+        body_len: declared,
+    }
+    .encode(u32::MAX, &mut head)
+    .unwrap();
+    let mut stream = c.stream;
+    stream.write_all(&head).await.unwrap();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![7u8; 1 << 20];
+        let mut sent = 0u64;
+        while stream.write_all(&chunk).await.is_ok() {
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    srv.signal_stop();
+    let sent = tokio::time::timeout(WAIT, sender)
+        .await
+        .expect("the server stops reading and closes the connection")
+        .unwrap();
+    assert!(sent > 0 && sent < declared, "{sent}");
+    assert!(!srv.home("alice").join("endless").exists());
     srv.stop().await;
 }

@@ -363,11 +363,12 @@ async fn receive_spliced(
         for h in &mut hashers {
             h.update(&prefix);
         }
-        let (r, hashers) = if size - pos >= SPLIT_HASH_AT && splice_exp_split() {
+        let (r, hashers) = if size - pos >= SPLIT_HASH_AT {
             receive_hashing_beside(&src, &file, pos, size - pos, hashers)
         } else {
+            let mut read_back = splice::ReadBack::new(size - pos);
             let r = splice::receive(&src, &file, pos, size - pos, &mut |from, to| {
-                splice::hash_written(&file, from, to, &mut hashers)
+                read_back.hash(&file, from, to, &mut hashers)
             });
             (r, hashers)
         };
@@ -385,9 +386,10 @@ async fn receive_spliced(
     let (written, sock, from_socket, source_end) = match joined {
         Ok(j) => j,
         Err(e) => {
-            // The socket went down with the thread.
+            // The socket went down with the thread; what it wrote is not trusted.
             let e = io::Error::other(format!("writer panicked: {e}"));
-            return (Written::Interrupted(0), Some(e.into()));
+            let conn_err = io::Error::other("the body's reader panicked").into();
+            return (Written::Failed(e), Some(conn_err));
         }
     };
     if let Err(e) = conn.return_plain(sock, from_socket) {
@@ -410,10 +412,6 @@ async fn receive_spliced(
     (written, conn_err)
 }
 
-fn splice_exp_split() -> bool {
-    std::env::var("FERRY_EXP_SPLIT").map_or(true, |v| v != "0")
-}
-
 /// [`splice::receive`] with the written windows hashed on a thread of their own, so that
 /// hashing overlaps with moving the next window (one hand-off per window, not per chunk).
 fn receive_hashing_beside(
@@ -428,8 +426,9 @@ fn receive_hashing_beside(
         let hasher = std::thread::Builder::new()
             .name("ferry-hash".into())
             .spawn_scoped(scope, move || {
+                let mut read_back = splice::ReadBack::new(len);
                 for (from, to) in rx {
-                    splice::hash_written(file, from, to, &mut hashers)?;
+                    read_back.hash(file, from, to, &mut hashers)?;
                 }
                 Ok::<_, io::Error>(hashers)
             });
