@@ -5,8 +5,9 @@
 //! of every byte and a thread hand-off per chunk (reader → writer → hasher). With `splice` the
 //! kernel moves the socket's pages into a pipe by reference (on loopback, the sender's
 //! `sendfile` pages themselves) and copies once, into the file; hashing then reads each
-//! just-written window back from the page cache ([`ReadBack`]), on the same thread or on one
-//! beside it (the caller's choice, through the callback of [`receive`]).
+//! just-written window from the page cache through a short-lived mapping ([`hash_written`]),
+//! on the same thread or on one beside it (the caller's choice, through the callback of
+//! [`receive`]).
 //!
 //! The thread reads at most the declared body from the socket, so whatever follows the body
 //! (a `put_hash` trailer, the next pipelined request) stays in the socket for the connection.
@@ -29,12 +30,10 @@ use ferry_proto::Hasher;
 const PIPE_SIZE: usize = 1 << 20;
 
 /// Written bytes are handed to the hashing in windows of at least this size (or the rest of
-/// the body): few enough hand-offs to a hash thread (~1,000 per GiB), small enough to be read
-/// back while still in the L2 cache.
+/// the body): few enough hand-offs to a hash thread and mappings (~1,000 per GiB; 4 MiB
+/// windows were no cheaper), small enough to be hashed while still in the L2 cache and to
+/// keep the mapped pages, which count in the server's RSS, few.
 pub const HASH_WINDOW: u64 = 1 << 20;
-
-/// The read-back buffer of [`ReadBack`].
-const READ_BACK: usize = 256 * 1024;
 
 /// What the thread sees of [`StopOnDrop`]: a flag it checks between rounds, and the read end
 /// of a pipe whose write end the connection holds, which hangs up (waking a thread waiting on
@@ -305,42 +304,51 @@ fn copy_pipe(pipe_r: &OwnedFd, file: &File, at: u64, n: usize) -> io::Result<()>
     file.write_all_at(&buf, at)
 }
 
-/// Hashes what was just written to a partial, read back from the page cache (where it still
-/// is, and mostly still in the CPU's cache) through one small reused buffer. Reading back
-/// cost the same CPU as hashing through a short-lived `mmap` of each window (`MAP_POPULATE`
-/// or faulted in; within noise, ~0.17 s per GiB here), and unlike a mapping it cannot take
-/// the server down with `SIGBUS` if someone truncates the partial meanwhile.
-pub struct ReadBack {
-    buf: Vec<u8>,
+/// Hashes `file[from..to]`, just written and so in the page cache (and mostly still in the
+/// CPU's cache), through a short-lived read-only mapping populated in one call. Measured
+/// against reading the window back through a reused 256 KiB buffer (`pread`): 0.92 s of
+/// server CPU per GiB against 1.01 s (medians of 7 uploads each).
+///
+/// A mapping faults with `SIGBUS` if the file is truncated under it. Nothing in ferry can do
+/// that to a partial while its upload runs: the upload holds the partial's claim
+/// (`UploadGuard`), and the sweeper only removes partials, which leaves a mapping intact.
+pub fn hash_written(file: &File, from: u64, to: u64, hashers: &mut [Hasher]) -> io::Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    let page = page_size();
+    let base = from - from % page;
+    let len = (to - base) as usize;
+    // SAFETY: a fresh read-only mapping of a range of the file that exists (it was just
+    // written), unmapped below before anything else could see it.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            base as libc::off_t,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is `len` readable bytes and lives until the munmap below.
+    let mapped = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+    let window = &mapped[(from - base) as usize..];
+    for h in hashers.iter_mut() {
+        h.update(window);
+    }
+    // SAFETY: unmapping exactly the mapping made above; `mapped` is not used after this.
+    unsafe { libc::munmap(ptr, len) };
+    Ok(())
 }
 
-impl ReadBack {
-    /// For a body of `len` bytes: the buffer is no larger than the body.
-    pub fn new(len: u64) -> Self {
-        ReadBack {
-            buf: vec![0; len.min(READ_BACK as u64) as usize],
-        }
-    }
-
-    /// Feeds `file[from..to]` to `hashers`.
-    pub fn hash(
-        &mut self,
-        file: &File,
-        mut from: u64,
-        to: u64,
-        hashers: &mut [Hasher],
-    ) -> io::Result<()> {
-        while from < to {
-            let want = ((to - from) as usize).min(self.buf.len());
-            let piece = &mut self.buf[..want];
-            file.read_exact_at(piece, from)?;
-            for h in hashers.iter_mut() {
-                h.update(piece);
-            }
-            from += want as u64;
-        }
-        Ok(())
-    }
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u64 } else { 4096 }
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -4,10 +4,13 @@
 //!    `overwrite`), claim the path (a second concurrent upload to it gets `busy`), open the
 //!    identity-keyed partial and cut it to `offset`.
 //! 2. Reserve the quota (bytes still to come, and one file) before reading the first byte.
-//! 3. Stream the body: the connection task reads chunks and passes them over a bounded
-//!    channel to a blocking writer, which hashes (the held prefix first, then every chunk)
-//!    and writes them, so disk IO and hashing overlap with the network and never run on an
-//!    async worker thread. No second pass: the hash is complete when the last byte lands.
+//! 3. Stream the body, hashing the held prefix first, never on an async worker thread. On
+//!    plain TCP ([`receive_spliced`]) one blocking thread borrows the socket and moves the
+//!    body into the partial with `splice(2)` (one kernel copy, no per-chunk hand-offs),
+//!    hashing each written window from the page cache ([`crate::splice`]).
+//!    Over TLS ([`receive_streamed`]) the connection task reads chunks and passes them over a
+//!    bounded channel to a blocking writer, which hashes and writes them. Either way the hash
+//!    is complete when the last byte lands.
 //! 4. Compare with the declared hash — from the header, or for a put sent without one from the
 //!    `put_hash` frame that must follow the body (see [`super::put_hash`]) — (mismatch: delete
 //!    the partial, `checksum_mismatch`),
@@ -366,9 +369,8 @@ async fn receive_spliced(
         let (r, hashers) = if size - pos >= SPLIT_HASH_AT {
             receive_hashing_beside(&src, &file, pos, size - pos, hashers)
         } else {
-            let mut read_back = splice::ReadBack::new(size - pos);
             let r = splice::receive(&src, &file, pos, size - pos, &mut |from, to| {
-                read_back.hash(&file, from, to, &mut hashers)
+                splice::hash_written(&file, from, to, &mut hashers)
             });
             (r, hashers)
         };
@@ -426,9 +428,8 @@ fn receive_hashing_beside(
         let hasher = std::thread::Builder::new()
             .name("ferry-hash".into())
             .spawn_scoped(scope, move || {
-                let mut read_back = splice::ReadBack::new(len);
                 for (from, to) in rx {
-                    read_back.hash(file, from, to, &mut hashers)?;
+                    splice::hash_written(file, from, to, &mut hashers)?;
                 }
                 Ok::<_, io::Error>(hashers)
             });
