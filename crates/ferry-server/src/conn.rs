@@ -43,13 +43,19 @@ pub enum ConnError {
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// The plain socket is lent to a blocking thread reading a body straight from it
+    /// ([`Conn::lend_plain`]); no IO goes through the connection meanwhile.
+    Lent,
 }
 
 impl Stream {
+    /// # Panics
+    /// While the socket is lent ([`Stream::Lent`]).
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,
+            Stream::Lent => panic!("the socket is lent to a body reader"),
         }
     }
 }
@@ -63,6 +69,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Lent => Poll::Ready(Err(lent())),
         }
     }
 }
@@ -76,6 +83,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Lent => Poll::Ready(Err(lent())),
         }
     }
 
@@ -83,6 +91,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Lent => Poll::Ready(Err(lent())),
         }
     }
 
@@ -90,8 +99,16 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Lent => Poll::Ready(Err(lent())),
         }
     }
+}
+
+fn lent() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the socket is lent to a body reader",
+    )
 }
 
 /// A framed connection.
@@ -288,6 +305,57 @@ impl Conn {
         }
     }
 
+    pub fn is_plain(&self) -> bool {
+        matches!(self.stream, Stream::Plain(_))
+    }
+
+    /// Takes the plain socket out of the runtime for a blocking thread that reads the current
+    /// body straight from it. Deregistered, its arrivals no longer wake a runtime worker (a
+    /// 1 GiB body woke one ~12,000 times for nothing). Give it back with
+    /// [`Conn::return_plain`]; until then the connection does no IO.
+    ///
+    /// Call only after [`Conn::buffered_body_chunk`] has handed out what is buffered, and on a
+    /// plain connection ([`Conn::is_plain`]).
+    pub fn lend_plain(&mut self) -> io::Result<std::net::TcpStream> {
+        debug_assert!(self.rbuf.is_empty() || self.decoder.body_remaining() == 0);
+        match std::mem::replace(&mut self.stream, Stream::Lent) {
+            Stream::Plain(s) => s.into_std(),
+            other => {
+                self.stream = other;
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "only a plain socket can be lent",
+                ))
+            }
+        }
+    }
+
+    /// Takes the socket back from [`Conn::lend_plain`], with the number of body bytes read
+    /// from it meanwhile.
+    pub fn return_plain(&mut self, sock: std::net::TcpStream, body_read: u64) -> io::Result<()> {
+        debug_assert!(matches!(self.stream, Stream::Lent));
+        self.decoder.consume_body(body_read);
+        self.stream = Stream::Plain(TcpStream::from_std(sock)?);
+        Ok(())
+    }
+
+    /// How long a body may stall before the connection times out.
+    pub fn frame_timeout(&self) -> Duration {
+        self.frame_timeout
+    }
+
+    /// The current body's bytes already buffered (they came with its header), never reading
+    /// from the socket. After it, the rest of the body is still in the socket, unread.
+    pub fn buffered_body_chunk(&mut self) -> Result<Option<Bytes>, ConnError> {
+        if self.decoder.body_remaining() == 0 || self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        match self.decoder.decode(&mut self.rbuf)? {
+            Some(FrameEvent::Body(b)) => Ok(Some(b)),
+            _ => unreachable!("a body is pending and bytes are buffered"),
+        }
+    }
+
     /// Reads the whole body of the current request into memory. The caller bounds its size.
     pub async fn whole_body(&mut self) -> Result<Bytes, ConnError> {
         let want = self.decoder.body_remaining() as usize;
@@ -370,6 +438,7 @@ impl Conn {
         let stream = match &self.stream {
             Stream::Plain(s) => s,
             Stream::Tls(_) => return self.copy_file(file, offset, offset + len).await,
+            Stream::Lent => return Err(lent().into()),
         };
         let sock = stream.as_raw_fd();
         let fd = file.as_raw_fd();

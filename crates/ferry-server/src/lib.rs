@@ -8,6 +8,8 @@
 //!   sweep of abandoned partial uploads.
 //! - [`conn`]: one TCP connection's framed IO: read timeouts (idle and per frame), the reply
 //!   buffer, streamed request bodies and zero-copy `sendfile` for download bodies.
+//! - [`splice`]: plain-TCP upload bodies moved socket → pipe → partial with `splice(2)` and
+//!   hashed from the page cache, on one blocking thread.
 //! - [`session`]: the per-connection state machine (connected → greeted → authenticated) and
 //!   the dispatch to [`ops`], one module per command.
 //! - [`home`]: virtual path cleaning and capability-confined access to a user's home (cap-std),
@@ -55,6 +57,7 @@ pub mod quota;
 pub mod root;
 pub mod server;
 pub mod session;
+pub mod splice;
 pub mod throttle;
 pub mod tls;
 pub mod tokens;

@@ -4,10 +4,13 @@
 //!    `overwrite`), claim the path (a second concurrent upload to it gets `busy`), open the
 //!    identity-keyed partial and cut it to `offset`.
 //! 2. Reserve the quota (bytes still to come, and one file) before reading the first byte.
-//! 3. Stream the body: the connection task reads chunks and passes them over a bounded
-//!    channel to a blocking writer, which hashes (the held prefix first, then every chunk)
-//!    and writes them, so disk IO and hashing overlap with the network and never run on an
-//!    async worker thread. No second pass: the hash is complete when the last byte lands.
+//! 3. Stream the body, hashing the held prefix first, never on an async worker thread. On
+//!    plain TCP ([`receive_spliced`]) one blocking thread borrows the socket and moves the
+//!    body into the partial with `splice(2)` (one kernel copy, no per-chunk hand-offs),
+//!    hashing each written window from the page cache ([`crate::splice`]).
+//!    Over TLS ([`receive_streamed`]) the connection task reads chunks and passes them over a
+//!    bounded channel to a blocking writer, which hashes and writes them. Either way the hash
+//!    is complete when the last byte lands.
 //! 4. Compare with the declared hash — from the header, or for a put sent without one from the
 //!    `put_hash` frame that must follow the body (see [`super::put_hash`]) — (mismatch: delete
 //!    the partial, `checksum_mismatch`),
@@ -37,6 +40,7 @@ use crate::home::Home;
 use crate::home::{VPath, rename_at};
 use crate::quota::{QuotaLimits, Reservation, UserUsage};
 use crate::session::{Session, Shared, UploadGuard, UploadKey, UserFs, partial_name};
+use crate::splice;
 
 /// Chunks in flight between the socket and the writer (each up to the socket buffer size).
 /// Four keep the writer fed; sixteen held ~10 MiB more and put a 1 GiB upload's server peak
@@ -45,6 +49,10 @@ const CHANNEL_DEPTH: usize = 4;
 
 /// Bodies at least this large are hashed on a thread of their own, beside the writer.
 const SPLIT_HASH_AT: u64 = 4 << 20;
+
+/// Written windows (1 MiB each) the hash thread may lag behind a spliced body. They are in
+/// the page cache already, so the lag costs no memory of ours.
+const HASH_QUEUE: usize = 8;
 
 /// Bodies up to this size are read whole before any file-system work and done with the
 /// requests pipelined around them in one trip to the blocking pool (ops/batch.rs).
@@ -289,33 +297,11 @@ fn write_partial(
     algo: HashAlgo,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> Written {
-    let mut hashers = vec![Hasher::new(algo)];
-    if algo != HashAlgo::Blake3 {
-        hashers.push(Hasher::new(HashAlgo::Blake3));
+    let mut hashers = hashers_for(algo);
+    if let Err(e) = hash_held(&file, offset, &mut hashers) {
+        return Written::Failed(e);
     }
-    // The held prefix is hashed first (it was not necessarily written by this connection).
-    // Only a resume needs the buffer: allocating (and zeroing) it for every put was a quarter
-    // of the server's CPU when uploading many small files.
-    let mut buf = if offset > 0 {
-        vec![0u8; (offset as usize).min(1 << 20)]
-    } else {
-        Vec::new()
-    };
-    let mut pos = 0u64;
-    while pos < offset {
-        let want = ((offset - pos) as usize).min(buf.len());
-        match file.read_at(&mut buf[..want], pos) {
-            Ok(0) => return Written::Failed(io::Error::other("partial shrank while resuming")),
-            Ok(n) => {
-                for h in &mut hashers {
-                    h.update(&buf[..n]);
-                }
-                pos += n as u64;
-            }
-            Err(e) => return Written::Failed(e),
-        }
-    }
-    drop(buf);
+    let mut pos = offset;
     if size - offset >= SPLIT_HASH_AT {
         // Large body: hash on its own thread so hashing and writing overlap (measured ~1.5x
         // faster on loopback for 256 MiB; see the bench example). A plain thread, not the
@@ -367,18 +353,200 @@ fn write_partial(
     Written::Complete(file, hashers.into_iter().map(Hasher::finalize).collect())
 }
 
-async fn transfer(
-    s: &Session,
+/// The hashers of an upload: the declared algorithm first, then blake3 (the hash of record) if
+/// that is another.
+fn hashers_for(algo: HashAlgo) -> Vec<Hasher> {
+    let mut hashers = vec![Hasher::new(algo)];
+    if algo != HashAlgo::Blake3 {
+        hashers.push(Hasher::new(HashAlgo::Blake3));
+    }
+    hashers
+}
+
+/// Hashes the partial's first `offset` bytes, held from an earlier connection (a resume).
+fn hash_held(file: &File, offset: u64, hashers: &mut [Hasher]) -> io::Result<()> {
+    if offset == 0 {
+        // Allocating (and zeroing) the buffer for every put was a quarter of the server's CPU
+        // when uploading many small files.
+        return Ok(());
+    }
+    let mut buf = vec![0u8; (offset as usize).min(1 << 20)];
+    let mut pos = 0u64;
+    while pos < offset {
+        let want = ((offset - pos) as usize).min(buf.len());
+        match file.read_at(&mut buf[..want], pos)? {
+            0 => return Err(io::Error::other("partial shrank while resuming")),
+            n => {
+                for h in hashers.iter_mut() {
+                    h.update(&buf[..n]);
+                }
+                pos += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The body on plain TCP, in one blocking thread: the bytes that came with the header are
+/// written (and hashed) from memory, the rest goes socket → pipe → file with `splice` and is
+/// hashed from the page cache ([`crate::splice`]). No socket reads on the async side, no
+/// hand-offs per chunk. Returns how the writing ended and, if the socket failed or stalled,
+/// why (the connection cannot go on then).
+async fn receive_spliced(
     conn: &mut Conn,
-    a: PutArgs,
-    p: Prepared,
-) -> Result<Result<Reply, OpError>, ConnError> {
-    let user = s.user().expect("put runs logged in");
-    let started = std::time::Instant::now();
+    file: File,
+    offset: u64,
+    size: u64,
+    algo: HashAlgo,
+) -> (Written, Option<ConnError>) {
+    // Replies queued before this put go out before we wait on the peer, as they would with
+    // `next_body_chunk`.
+    if let Err(e) = conn.flush().await {
+        return (Written::Interrupted(0), Some(e));
+    }
+    let prefix = match conn.buffered_body_chunk() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => return (Written::Interrupted(0), Some(e)),
+    };
+    let stop = match splice::stop_pair() {
+        Ok(s) => s,
+        Err(e) => {
+            // Out of descriptors: fail the put but keep the stream in step.
+            let conn_err = conn.discard_body().await.err();
+            return (Written::Failed(e), conn_err);
+        }
+    };
+    let sock = match conn.lend_plain() {
+        Ok(s) => s,
+        Err(e) => return (Written::Interrupted(0), Some(e.into())),
+    };
+    let (stop_on_drop, stop) = stop;
+    let src = splice::Source {
+        sock,
+        stop,
+        patience: conn.frame_timeout(),
+    };
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut hashers = hashers_for(algo);
+        let pos = offset + prefix.len() as u64;
+        let prepared = hash_held(&file, offset, &mut hashers)
+            .and_then(|()| file.write_all_at(&prefix, offset));
+        if let Err(e) = prepared {
+            return (Written::Failed(e), src.sock, 0, None);
+        }
+        for h in &mut hashers {
+            h.update(&prefix);
+        }
+        let (r, hashers) = if size - pos >= SPLIT_HASH_AT {
+            receive_hashing_beside(&src, &file, pos, size - pos, hashers)
+        } else {
+            let r = splice::receive(&src, &file, pos, size - pos, &mut |from, to| {
+                splice::hash_written(&file, from, to, &mut hashers)
+            });
+            (r, hashers)
+        };
+        let written = if let Some(e) = r.file_error {
+            Written::Failed(e)
+        } else if pos + r.written == size {
+            Written::Complete(file, hashers.into_iter().map(Hasher::finalize).collect())
+        } else {
+            Written::Interrupted(pos + r.written - offset)
+        };
+        (written, src.sock, r.from_socket, r.source_end)
+    });
+    let joined = worker.await;
+    drop(stop_on_drop);
+    let (written, sock, from_socket, source_end) = match joined {
+        Ok(j) => j,
+        Err(e) => {
+            // The socket went down with the thread; what it wrote is not trusted.
+            let e = io::Error::other(format!("writer panicked: {e}"));
+            let conn_err = io::Error::other("the body's reader panicked").into();
+            return (Written::Failed(e), Some(conn_err));
+        }
+    };
+    if let Err(e) = conn.return_plain(sock, from_socket) {
+        return (written, Some(e.into()));
+    }
+    let conn_err = match source_end {
+        None => None,
+        Some(splice::SourceEnd::Eof) => Some(ProtoError::Truncated("inside a body").into()),
+        Some(splice::SourceEnd::Timeout) => Some(ConnError::Timeout("inside a body")),
+        Some(splice::SourceEnd::Io(e)) => Some(e.into()),
+        Some(splice::SourceEnd::Stopped) => {
+            Some(io::Error::other("the body's reader stopped").into())
+        }
+    };
+    if conn_err.is_none() && matches!(written, Written::Failed(_)) {
+        // Writing failed with the socket still fine: read the rest of the body so the stream
+        // stays in step for the error reply.
+        return (written, conn.discard_body().await.err());
+    }
+    (written, conn_err)
+}
+
+/// [`splice::receive`] with the written windows hashed on a thread of their own, so that
+/// hashing overlaps with moving the next window (one hand-off per window, not per chunk).
+fn receive_hashing_beside(
+    src: &splice::Source,
+    file: &File,
+    pos: u64,
+    len: u64,
+    mut hashers: Vec<Hasher>,
+) -> (splice::Received, Vec<Hasher>) {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(HASH_QUEUE);
+        let hasher = std::thread::Builder::new()
+            .name("ferry-hash".into())
+            .spawn_scoped(scope, move || {
+                for (from, to) in rx {
+                    splice::hash_written(file, from, to, &mut hashers)?;
+                }
+                Ok::<_, io::Error>(hashers)
+            });
+        let hasher = match hasher {
+            Ok(h) => h,
+            Err(e) => {
+                let r = splice::Received {
+                    from_socket: 0,
+                    written: 0,
+                    source_end: None,
+                    file_error: Some(e),
+                };
+                return (r, Vec::new());
+            }
+        };
+        let mut r = splice::receive(src, file, pos, len, &mut |from, to| {
+            tx.send((from, to))
+                .map_err(|_| io::Error::other("the hash thread ended early"))
+        });
+        drop(tx);
+        match hasher.join() {
+            Ok(Ok(hashers)) => (r, hashers),
+            Ok(Err(e)) => {
+                r.file_error.get_or_insert(e);
+                (r, Vec::new())
+            }
+            Err(_) => {
+                r.file_error
+                    .get_or_insert(io::Error::other("hash thread panicked"));
+                (r, Vec::new())
+            }
+        }
+    })
+}
+
+/// The body over TLS: the connection task reads (and decrypts) chunks and passes them to a
+/// blocking writer ([`write_partial`]).
+async fn receive_streamed(
+    conn: &mut Conn,
+    file: File,
+    offset: u64,
+    size: u64,
+    algo: HashAlgo,
+) -> (Written, Option<ConnError>) {
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let algo = a.hash.as_ref().map_or(HashAlgo::Blake3, Digest::algo);
-    let (offset, size) = (a.offset, a.size);
-    let writer = tokio::task::spawn_blocking(move || write_partial(p.file, offset, size, algo, rx));
+    let writer = tokio::task::spawn_blocking(move || write_partial(file, offset, size, algo, rx));
     let mut conn_err = None;
     let mut writer_alive = true;
     loop {
@@ -400,6 +568,24 @@ async fn transfer(
     let written = writer
         .await
         .unwrap_or_else(|e| Written::Failed(io::Error::other(format!("writer panicked: {e}"))));
+    (written, conn_err)
+}
+
+async fn transfer(
+    s: &Session,
+    conn: &mut Conn,
+    a: PutArgs,
+    p: Prepared,
+) -> Result<Result<Reply, OpError>, ConnError> {
+    let user = s.user().expect("put runs logged in");
+    let started = std::time::Instant::now();
+    let algo = a.hash.as_ref().map_or(HashAlgo::Blake3, Digest::algo);
+    let (offset, size) = (a.offset, a.size);
+    let (written, conn_err) = if conn.is_plain() {
+        receive_spliced(conn, p.file, offset, size, algo).await
+    } else {
+        receive_streamed(conn, p.file, offset, size, algo).await
+    };
     let remove_partial = |pname: String| {
         let partials = Arc::clone(&user.partials);
         let usage = Arc::clone(&user.usage);
