@@ -192,6 +192,9 @@ pub struct Walk {
 fn changed_under_us(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
         || matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP))
+        // cap-std's own refusal of a symlink that leads out of the home (no OS error): the
+        // directory was listed, then replaced by such a link before it was opened.
+        || (e.kind() == io::ErrorKind::PermissionDenied && e.raw_os_error().is_none())
 }
 
 pub fn walk_dir(dir: &cap_std::fs::Dir, count_files: bool, inodes: bool) -> io::Result<Walk> {

@@ -64,12 +64,9 @@ async fn login(srv: &TestServer, user: &str) -> Client {
     })
     .await
     .unwrap();
-    c.call(Request::Login {
-        user: user.into(),
-        password: format!("{user}-pw"),
-    })
-    .await
-    .unwrap();
+    c.call(Request::login_password(user, format!("{user}-pw")))
+        .await
+        .unwrap();
     c
 }
 
