@@ -112,6 +112,8 @@ pub struct Conn {
     put_back: Option<Header>,
     /// The id of a `put` sent without a hash whose `put_hash` trailer has not been read yet.
     trailer_due: Option<u64>,
+    /// Recycled buffers of the large TLS body being read; gone between bodies.
+    body_buffers: Option<std::sync::Arc<BodyBuffers>>,
 }
 
 impl Conn {
@@ -135,6 +137,7 @@ impl Conn {
             reply_max_header,
             put_back: None,
             trailer_due: None,
+            body_buffers: None,
         }
     }
 
@@ -197,6 +200,7 @@ impl Conn {
         if let Some(h) = self.put_back.take() {
             return Ok(Some(h));
         }
+        self.body_buffers = None;
         if shutdown.is_cancelled() {
             return Ok(None);
         }
@@ -242,12 +246,22 @@ impl Conn {
     pub async fn next_body_chunk(&mut self) -> Result<Option<Bytes>, ConnError> {
         loop {
             if self.decoder.body_remaining() == 0 {
+                self.body_buffers = None;
                 return Ok(None);
             }
             if let Some(FrameEvent::Body(b)) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(Some(b));
             }
             self.flush().await?;
+            if matches!(self.stream, Stream::Tls(_))
+                && (self.body_buffers.is_some()
+                    || self.decoder.body_remaining() >= self.io_buffer as u64)
+            {
+                return match timeout(self.frame_timeout, self.read_tls_body()).await {
+                    Ok(r) => r.map(Some),
+                    Err(_) => Err(ConnError::Timeout("inside a body")),
+                };
+            }
             match timeout(self.frame_timeout, self.read_more()).await {
                 Ok(Ok(0)) => return Err(ProtoError::Truncated("inside a body").into()),
                 Ok(Ok(_)) => {}
@@ -286,6 +300,27 @@ impl Conn {
             Some(FrameEvent::Body(b)) if b.len() as u64 == want => Ok(Some(b)),
             _ => unreachable!("a buffered body comes out whole"),
         }
+    }
+
+    /// The next piece of a large body over TLS (nothing of it buffered), up to `io_buffer`
+    /// bytes, in a recycled buffer. A TLS read yields at most one 16 KiB record, so reading
+    /// into `rbuf` handed the upload's writer 16 KiB chunks, each its own trip through the
+    /// channel and its own `pwrite`, and every fresh `rbuf` allocation was new memory to
+    /// fault in (~100,000 page faults per GiB). Here whatever records are ready fill one
+    /// buffer, and buffers go round instead of being allocated.
+    async fn read_tls_body(&mut self) -> Result<Bytes, ConnError> {
+        let Stream::Tls(tls) = &mut self.stream else {
+            unreachable!("only TLS bodies are read this way");
+        };
+        let pool = std::sync::Arc::clone(self.body_buffers.get_or_insert_default());
+        let mut buf = pool.take(self.io_buffer);
+        let want = self.decoder.body_remaining().min(buf.len() as u64) as usize;
+        let n = fill_from_tls(tls, &mut buf[..want]).await?;
+        if n == 0 {
+            return Err(ProtoError::Truncated("inside a body").into());
+        }
+        self.decoder.consume_body(n as u64);
+        Ok(Bytes::from_owner(PooledChunk { buf, len: n, pool }))
     }
 
     /// Reads the whole body of the current request into memory. The caller bounds its size.
@@ -470,6 +505,67 @@ impl Conn {
         .await;
         drain(&mut self.stream).await;
     }
+}
+
+/// Buffers a large TLS body is read into (see [`Conn::next_body_chunk`]), shared by the
+/// chunks handed out: each comes back when the writer drops its chunk.
+#[derive(Debug, Default)]
+struct BodyBuffers {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BodyBuffers {
+    /// More than the chunks that can be in flight at once (the upload's channel, the writer
+    /// and its hasher each hold a few); one beyond that is simply freed.
+    const KEEP: usize = 8;
+
+    fn take(&self, size: usize) -> Vec<u8> {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        free.unwrap_or_else(|| vec![0; size])
+    }
+}
+
+/// One chunk of a TLS body, in a buffer from [`BodyBuffers`] that goes back when dropped.
+struct PooledChunk {
+    buf: Vec<u8>,
+    len: usize,
+    pool: std::sync::Arc<BodyBuffers>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < BodyBuffers::KEEP {
+            free.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Reads from a TLS stream into `buf` until it is full or nothing more is ready, waiting
+/// only while nothing has been read. Returns 0 at the end of the stream.
+async fn fill_from_tls(tls: &mut TlsStream<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let mut rb = ReadBuf::new(&mut buf[filled..]);
+            match Pin::new(&mut *tls).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => filled += rb.filled().len(),
+                // What was read is handed out first; the error comes again on the next read.
+                Poll::Ready(Err(_)) | Poll::Pending if filled > 0 => break,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(filled))
+    })
+    .await
 }
 
 async fn drain(stream: &mut Stream) {
