@@ -585,37 +585,37 @@ async fn send_body_tls_hashed(
         },
         body_len,
     };
+    // Once the header is out, the server expects the whole body and then the hash: any
+    // failure from here on fails the connection (an I/O error), never just this item.
+    let fatal = |e: ClientError| match e {
+        e if e.connection_usable() => local(std::io::Error::other(e.to_string())),
+        e => e,
+    };
     writer.queue(&frame).await?;
     progress.start_file(&item.remote, p.size, p.offset);
     let mut pos = p.offset;
     let end = p.size;
     while pos < end {
-        let mut buf = worker.buffer().await?;
+        let mut buf = worker.buffer().await.map_err(fatal)?;
         let want = (end - pos).min(buf.len() as u64) as usize;
         let n = loop {
             match file.read_at(&mut buf[..want], pos) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                r => break r.map_err(|e| ClientError::io("reading local file", e))?,
+                r => break r.map_err(local)?,
             }
         };
         if n == 0 {
-            return Err(ClientError::Local(
-                "file shrank while it was being sent".into(),
-            ));
+            return Err(local(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being sent",
+            )));
         }
         writer.write_body(&buf[..n]).await?;
         pos += n as u64;
         progress.advance(n as u64);
-        worker.hash(buf, n)?;
+        worker.hash(buf, n).map_err(fatal)?;
     }
-    // The server now waits for the hash: one we cannot compute fails the connection.
-    let hash = worker.finish().map_err(|e| match e {
-        ClientError::Io { .. } => e,
-        other => ClientError::io(
-            item.local.display().to_string(),
-            std::io::Error::other(other.to_string()),
-        ),
-    })?;
+    let hash = worker.finish().map_err(fatal)?;
     writer
         .queue(&RequestFrame::new(id, Request::PutHash { hash }))
         .await?;
@@ -789,7 +789,8 @@ impl HashWorker {
         drop(self.full.take());
         let thread = self.thread.take().ok_or_else(hasher_died)?;
         let hasher = thread.join().map_err(|_| hasher_died())?;
-        let hasher = hasher.map_err(|e| ClientError::io("reading local file", e))?;
+        // Only an upload's prefix is read by the thread.
+        let hasher = hasher.map_err(|e| ClientError::io("hashing the resumed prefix", e))?;
         Ok(hasher.finalize())
     }
 }
