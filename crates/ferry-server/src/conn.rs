@@ -516,8 +516,8 @@ struct BodyBuffers {
 }
 
 impl BodyBuffers {
-    /// More than the chunks that can be in flight at once (the upload's channel, the writer
-    /// and its hasher each hold a few); one beyond that is simply freed.
+    /// About as many chunks as an upload has in flight (its channel, the writer and the
+    /// hashing thread each hold some); a buffer that comes back beyond these is freed.
     const KEEP: usize = 8;
 
     fn take(&self, size: usize) -> Vec<u8> {
