@@ -302,6 +302,25 @@ impl FrameWriter<'_> {
         Ok(())
     }
 
+    /// Writes body bytes after the queued ones, without copying them into the queue.
+    pub(crate) async fn write_body(&mut self, bytes: &[u8]) -> Result<()> {
+        if !self.wbuf.is_empty() {
+            self.half
+                .write_all(self.wbuf)
+                .await
+                .map_err(|e| ClientError::io("writing to server", e))?;
+            self.wbuf.clear();
+        }
+        self.half
+            .write_all(bytes)
+            .await
+            .map_err(|e| ClientError::io("writing to server", e))
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.half.tcp().is_none()
+    }
+
     pub(crate) async fn flush(&mut self) -> Result<()> {
         if !self.wbuf.is_empty() {
             self.half

@@ -473,6 +473,12 @@ async fn send_one_put(
     let mtime = mtime_secs(&meta);
     match prepared {
         Some(p) if p.size == meta.len() && (p.hash.is_some() || p.mtime == mtime) => {
+            // Over TLS the body is read into user space anyway, to be encrypted: the hashing
+            // thread takes those very buffers instead of reading the file a second time.
+            if p.hash.is_none() && writer.is_tls() {
+                return send_body_tls_hashed(writer, id, item, p, &file, mtime, opts, progress)
+                    .await;
+            }
             // Without a hash in the header, hash the file on a thread of its own while the
             // body goes out (both read the same, open file); the hash follows the body.
             let hashing = match p.hash {
@@ -544,6 +550,76 @@ async fn send_one_put(
             Ok(0)
         }
     }
+}
+
+/// A large upload over TLS with its hash after the body: each piece of the file is read
+/// once, into a buffer that is encrypted and sent and then hashed on the [`HashWorker`]'s
+/// thread, which first hashes the prefix the server already holds.
+#[allow(clippy::too_many_arguments)]
+async fn send_body_tls_hashed(
+    writer: &mut crate::conn::FrameWriter<'_>,
+    id: u64,
+    item: &PutItem,
+    p: &Prepared,
+    file: &File,
+    mtime: Option<i64>,
+    opts: &PutOptions,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let local = |e| ClientError::io(item.local.display().to_string(), e);
+    let prefix = file.try_clone().map_err(local)?;
+    let mut worker =
+        HashWorker::start_after_prefix(Hasher::new(HashAlgo::Blake3), prefix, p.offset)
+            .map_err(local)?;
+    let body_len = p.size - p.offset;
+    let frame = RequestFrame {
+        id,
+        request: Request::Put {
+            path: item.remote.clone(),
+            size: p.size,
+            hash: None,
+            offset: p.offset,
+            overwrite: opts.overwrite,
+            mtime,
+        },
+        body_len,
+    };
+    // Once the header is out, the server expects the whole body and then the hash: any
+    // failure from here on fails the connection (an I/O error), never just this item.
+    let fatal = |e: ClientError| match e {
+        e if e.connection_usable() => local(std::io::Error::other(e.to_string())),
+        e => e,
+    };
+    writer.queue(&frame).await?;
+    progress.start_file(&item.remote, p.size, p.offset);
+    let mut pos = p.offset;
+    let end = p.size;
+    while pos < end {
+        let mut buf = worker.buffer().await.map_err(fatal)?;
+        let want = (end - pos).min(buf.len() as u64) as usize;
+        let n = loop {
+            match file.read_at(&mut buf[..want], pos) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                r => break r.map_err(local)?,
+            }
+        };
+        if n == 0 {
+            return Err(local(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being sent",
+            )));
+        }
+        writer.write_body(&buf[..n]).await?;
+        pos += n as u64;
+        progress.advance(n as u64);
+        worker.hash(buf, n).map_err(fatal)?;
+    }
+    let hash = worker.finish().map_err(fatal)?;
+    writer
+        .queue(&RequestFrame::new(id, Request::PutHash { hash }))
+        .await?;
+    Ok(p.offset)
 }
 
 /// Hashes (blake3) all of an open file on a thread of its own; the result arrives on the
@@ -654,22 +730,35 @@ struct HashWorker {
     full: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
     empty: mpsc::Receiver<Vec<u8>>,
     made: usize,
-    thread: Option<std::thread::JoinHandle<Hasher>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<Hasher>>>,
 }
 
 impl HashWorker {
-    fn start(mut hasher: Hasher) -> std::io::Result<Self> {
+    fn start(hasher: Hasher) -> std::io::Result<Self> {
+        Self::spawn(hasher, None)
+    }
+
+    /// Like [`HashWorker::start`], but the thread first hashes the first `len` bytes of
+    /// `file` (what a resumed upload does not send) before the buffers it is given.
+    fn start_after_prefix(hasher: Hasher, file: File, len: u64) -> std::io::Result<Self> {
+        Self::spawn(hasher, Some((file, len)))
+    }
+
+    fn spawn(mut hasher: Hasher, prefix: Option<(File, u64)>) -> std::io::Result<Self> {
         let (full, to_hash) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
         let (hashed, empty) = mpsc::channel(HASH_BUFFERS);
         let thread = std::thread::Builder::new()
             .name("ferry-hash".into())
             .spawn(move || {
+                if let Some((file, len)) = prefix {
+                    hash_prefix(&mut hasher, &file, len)?;
+                }
                 for (buf, n) in to_hash {
                     hasher.update(&buf[..n]);
                     // Fails only once the download was abandoned; the loop then ends as well.
                     let _ = hashed.try_send(buf);
                 }
-                hasher
+                Ok(hasher)
             })?;
         Ok(HashWorker {
             full: Some(full),
@@ -699,11 +788,36 @@ impl HashWorker {
     fn finish(mut self) -> Result<Digest> {
         drop(self.full.take());
         let thread = self.thread.take().ok_or_else(hasher_died)?;
-        thread
-            .join()
-            .map(Hasher::finalize)
-            .map_err(|_| hasher_died())
+        let hasher = thread.join().map_err(|_| hasher_died())?;
+        // Only an upload's prefix is read by the thread.
+        let hasher = hasher.map_err(|e| ClientError::io("hashing the resumed prefix", e))?;
+        Ok(hasher.finalize())
     }
+}
+
+/// Hashes the first `len` bytes of `file`, with positioned reads.
+fn hash_prefix(hasher: &mut Hasher, file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; crate::conn::IO_CHUNK];
+    let mut pos = 0u64;
+    while pos < len {
+        let want = (len - pos).min(buf.len() as u64) as usize;
+        match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while it was being hashed",
+                ));
+            }
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn hasher_died() -> ClientError {

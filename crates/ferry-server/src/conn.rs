@@ -129,6 +129,8 @@ pub struct Conn {
     put_back: Option<Header>,
     /// The id of a `put` sent without a hash whose `put_hash` trailer has not been read yet.
     trailer_due: Option<u64>,
+    /// Recycled buffers of the large TLS body being read; gone between bodies.
+    body_buffers: Option<std::sync::Arc<BodyBuffers>>,
 }
 
 impl Conn {
@@ -152,6 +154,7 @@ impl Conn {
             reply_max_header,
             put_back: None,
             trailer_due: None,
+            body_buffers: None,
         }
     }
 
@@ -214,6 +217,7 @@ impl Conn {
         if let Some(h) = self.put_back.take() {
             return Ok(Some(h));
         }
+        self.body_buffers = None;
         if shutdown.is_cancelled() {
             return Ok(None);
         }
@@ -259,12 +263,22 @@ impl Conn {
     pub async fn next_body_chunk(&mut self) -> Result<Option<Bytes>, ConnError> {
         loop {
             if self.decoder.body_remaining() == 0 {
+                self.body_buffers = None;
                 return Ok(None);
             }
             if let Some(FrameEvent::Body(b)) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(Some(b));
             }
             self.flush().await?;
+            if matches!(self.stream, Stream::Tls(_))
+                && (self.body_buffers.is_some()
+                    || self.decoder.body_remaining() >= self.io_buffer as u64)
+            {
+                return match timeout(self.frame_timeout, self.read_tls_body()).await {
+                    Ok(r) => r.map(Some),
+                    Err(_) => Err(ConnError::Timeout("inside a body")),
+                };
+            }
             match timeout(self.frame_timeout, self.read_more()).await {
                 Ok(Ok(0)) => return Err(ProtoError::Truncated("inside a body").into()),
                 Ok(Ok(_)) => {}
@@ -354,6 +368,28 @@ impl Conn {
             Some(FrameEvent::Body(b)) => Ok(Some(b)),
             _ => unreachable!("a body is pending and bytes are buffered"),
         }
+    }
+
+    /// The next piece of a large body over TLS (nothing of it buffered), up to `io_buffer`
+    /// bytes, in a recycled buffer. Through `rbuf`, each piece went to the upload's writer
+    /// as part of a freshly reserved allocation, which malloc then handed back to the
+    /// kernel: new memory to fault in and zero all the time (75,000-95,000 minor faults and
+    /// about 0.2 s of the server's 1.8 s CPU per GiB uploaded). Only TLS bodies come this
+    /// way; plain TCP keeps its own path.
+    async fn read_tls_body(&mut self) -> Result<Bytes, ConnError> {
+        let Stream::Tls(tls) = &mut self.stream else {
+            unreachable!("only TLS bodies are read this way");
+        };
+        let pool = std::sync::Arc::clone(self.body_buffers.get_or_insert_default());
+        let mut buf = pool.take(self.io_buffer);
+        let want = self.decoder.body_remaining().min(buf.len() as u64) as usize;
+        // tokio-rustls fills the buffer with every record that is ready.
+        let n = tls.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(ProtoError::Truncated("inside a body").into());
+        }
+        self.decoder.consume_body(n as u64);
+        Ok(Bytes::from_owner(PooledChunk { buf, len: n, pool }))
     }
 
     /// Reads the whole body of the current request into memory. The caller bounds its size.
@@ -538,6 +574,46 @@ impl Conn {
         })
         .await;
         drain(&mut self.stream).await;
+    }
+}
+
+/// Buffers a large TLS body is read into (see [`Conn::next_body_chunk`]), shared by the
+/// chunks handed out: each comes back when the writer drops its chunk.
+#[derive(Debug, Default)]
+struct BodyBuffers {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BodyBuffers {
+    /// About as many chunks as an upload has in flight (its channel, the writer and the
+    /// hashing thread each hold some); a buffer that comes back beyond these is freed.
+    const KEEP: usize = 8;
+
+    fn take(&self, size: usize) -> Vec<u8> {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        free.unwrap_or_else(|| vec![0; size])
+    }
+}
+
+/// One chunk of a TLS body, in a buffer from [`BodyBuffers`] that goes back when dropped.
+struct PooledChunk {
+    buf: Vec<u8>,
+    len: usize,
+    pool: std::sync::Arc<BodyBuffers>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < BodyBuffers::KEEP {
+            free.push(std::mem::take(&mut self.buf));
+        }
     }
 }
 

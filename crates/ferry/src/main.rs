@@ -90,6 +90,11 @@ fn main() -> ExitCode {
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    // A broken pipe inside a client error is the server's socket (the server closed it mid
+    // upload), a failure to report: taking it for stdout made such a `put` exit 0 silently.
+    if err.chain().any(|e| e.is::<ferry_client::ClientError>()) {
+        return false;
+    }
     err.chain().any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)

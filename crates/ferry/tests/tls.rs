@@ -1,12 +1,17 @@
 //! TLS end to end: trust on first use with pinning, a changed certificate refused loudly,
-//! CA-verified certificates, plain TCP only when both sides ask, and no password in clear.
+//! CA-verified certificates, plain TCP only when both sides ask, no password in clear, and
+//! bodies of every size (and broken streams) through the TLS data paths.
 
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::thread;
 
-use common::{BIN, Server, SlowProxy, add_user, ok, run};
+use common::{BIN, Server, SlowProxy, add_user, bytes, json, ok, run};
+use ferry_proto::{Digest, HashAlgo};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -181,5 +186,216 @@ fn the_password_never_crosses_the_wire_in_clear_over_tls() {
         let leaked = seen.windows(7).any(|w| w == b"pw-erin");
         // The plain run proves the check can see a password when there is one to see.
         assert_eq!(leaked, plain, "plain={plain}");
+    }
+}
+
+/// Sizes around the edges of the TLS data paths: a record (16 KiB of plaintext), the
+/// server's body buffer (256 KiB; larger bodies are read into recycled buffers), and the
+/// client's 1 MiB buffers and large-file threshold (above it, an upload's hash is computed
+/// from the buffers sent and follows the body).
+const EDGE_SIZES: [usize; 14] = [
+    0,
+    1,
+    16 * 1024 - 1,
+    16 * 1024,
+    16 * 1024 + 1,
+    64 * 1024,
+    256 * 1024 - 1,
+    256 * 1024,
+    256 * 1024 + 1,
+    1024 * 1024 - 1,
+    1024 * 1024,
+    1024 * 1024 + 1,
+    2 * 1024 * 1024 + 16 * 1024 + 5,
+    5 * 1024 * 1024 + 17,
+];
+
+#[test]
+fn bodies_of_every_edge_size_cross_tls_whole_both_ways() {
+    let srv = Server::start(&["fay"]);
+    let local = tempfile::tempdir().unwrap();
+    let names: Vec<String> = EDGE_SIZES.iter().map(|n| format!("f{n}.bin")).collect();
+    for (i, (name, size)) in names.iter().zip(EDGE_SIZES).enumerate() {
+        fs::write(local.path().join(name), bytes(100 + i as u64, size)).unwrap();
+    }
+    // One invocation each way, so the bodies are pipelined back to back on one connection.
+    let out = json(
+        srv.ferry("fay")
+            .args(["put", "--json"])
+            .args(names.iter().map(|n| local.path().join(n)))
+            .arg("/"),
+    );
+    assert_eq!(out["uploaded"], EDGE_SIZES.len(), "{out}");
+    for (i, (name, size)) in names.iter().zip(EDGE_SIZES).enumerate() {
+        let data = bytes(100 + i as u64, size);
+        assert!(
+            fs::read(srv.home("fay").join(name)).unwrap() == data,
+            "{name} arrived changed"
+        );
+        let entry = out["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["remote"].as_str().unwrap().ends_with(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} in {out}"));
+        assert_eq!(
+            entry["hash"],
+            Digest::of(HashAlgo::Blake3, &data).to_string(),
+            "{name}"
+        );
+    }
+
+    let back = tempfile::tempdir().unwrap();
+    let out = json(
+        srv.ferry("fay")
+            .args(["get", "--json"])
+            .args(&names)
+            .arg(back.path()),
+    );
+    assert_eq!(out["downloaded"], EDGE_SIZES.len(), "{out}");
+    for (i, (name, size)) in names.iter().zip(EDGE_SIZES).enumerate() {
+        assert!(
+            fs::read(back.path().join(name)).unwrap() == bytes(100 + i as u64, size),
+            "{name} came back changed"
+        );
+    }
+}
+
+/// What a [`BreakingProxy`] does to the stream once `after` bytes have passed one way.
+#[derive(Clone, Copy)]
+enum Break {
+    /// Flip one bit of the next byte and carry on.
+    Corrupt,
+    /// Close both connections.
+    Cut,
+}
+
+impl Break {
+    fn name(self) -> &'static str {
+        match self {
+            Break::Corrupt => "corrupt",
+            Break::Cut => "cut",
+        }
+    }
+}
+
+/// A loopback relay that breaks the stream in one direction after `after` bytes: what a
+/// faulty network or a peer dying mid-body does to TLS. `upstream`: client to server.
+fn breaking_proxy(target: SocketAddr, upstream: bool, after: u64, how: Break) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(target).unwrap();
+            let pairs = [
+                (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    upstream,
+                ),
+                (server, client, !upstream),
+            ];
+            for (mut from, mut to, breaks) in pairs {
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut passed = 0u64;
+                    let mut broken = false;
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &mut buf[..n];
+                        if breaks && !broken && passed + n as u64 > after {
+                            let at = (after - passed) as usize;
+                            broken = true;
+                            match how {
+                                Break::Corrupt => chunk[at] ^= 0x10,
+                                Break::Cut => {
+                                    let _ = to.write_all(&chunk[..at]);
+                                    break;
+                                }
+                            }
+                        }
+                        passed += n as u64;
+                        if to.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    addr
+}
+
+/// Bytes past the handshake, login and request: well inside the 6 MiB body.
+const BREAK_AT: u64 = 3 * 1024 * 1024 + 12_345;
+
+#[test]
+fn a_download_broken_mid_body_over_tls_fails_clearly_and_leaves_no_file() {
+    let srv = Server::start(&["gus"]);
+    let data = bytes(31, 6 * 1024 * 1024);
+    fs::write(srv.home("gus").join("big.bin"), &data).unwrap();
+    for how in [Break::Corrupt, Break::Cut] {
+        let proxy = breaking_proxy(srv.addr, false, BREAK_AT, how);
+        let dst = tempfile::tempdir().unwrap();
+        let out = run(srv
+            .ferry_at(&proxy.to_string(), "gus")
+            .args(["get", "-q", "big.bin"])
+            .arg(dst.path()));
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{}: {err}", how.name());
+        assert!(
+            err.contains("server"),
+            "{}: the error names the connection: {err}",
+            how.name()
+        );
+        assert!(
+            !dst.path().join("big.bin").exists(),
+            "nothing under the final name"
+        );
+        // What did arrive is kept for a resume, and resuming yields the file.
+        let out = json(
+            srv.ferry("gus")
+                .args(["get", "--json", "big.bin"])
+                .arg(dst.path()),
+        );
+        assert_eq!(out["downloaded"], 1, "{out}");
+        assert!(fs::read(dst.path().join("big.bin")).unwrap() == data);
+    }
+}
+
+#[test]
+fn an_upload_broken_mid_body_over_tls_fails_clearly_and_leaves_no_file() {
+    let srv = Server::start(&["hal"]);
+    let local = tempfile::tempdir().unwrap();
+    let data = bytes(32, 6 * 1024 * 1024);
+    for how in [Break::Corrupt, Break::Cut] {
+        let name = format!("up-{}.bin", how.name());
+        let file = local.path().join(&name);
+        fs::write(&file, &data).unwrap();
+        let proxy = breaking_proxy(srv.addr, true, BREAK_AT, how);
+        let out = run(srv
+            .ferry_at(&proxy.to_string(), "hal")
+            .args(["put", "-q"])
+            .arg(&file));
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{}: {err}", how.name());
+        assert!(
+            err.contains("server"),
+            "{}: the error names the connection: {err}",
+            how.name()
+        );
+        assert!(
+            !srv.home("hal").join(&name).exists(),
+            "nothing under the final name"
+        );
+        let out = json(srv.ferry("hal").args(["put", "--json"]).arg(&file));
+        assert_eq!(out["uploaded"], 1, "{out}");
+        assert!(fs::read(srv.home("hal").join(&name)).unwrap() == data);
     }
 }
