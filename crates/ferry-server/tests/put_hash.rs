@@ -6,27 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ferry_proto::{Digest, ErrorCode, HashAlgo, Reply, ReplyFrame, Request, RequestFrame};
+use ferry_proto::{Digest, ErrorCode, HashAlgo, Reply, Request};
 
 const MTIME: i64 = 1_764_115_200;
 
-/// One frame's bytes: header with `id`, then `body`.
-fn frame(id: u64, request: Request, body: &[u8]) -> Vec<u8> {
-    let mut buf = bytes::BytesMut::new();
-    RequestFrame {
-        id,
-        request,
-        body_len: body.len() as u64,
-    }
-    .encode(u32::MAX, &mut buf)
-    .unwrap();
-    buf.extend_from_slice(body);
-    buf.to_vec()
-}
-
 /// A put without hash of `data[offset..]`, as frame bytes.
 fn put_deferred(id: u64, path: &str, data: &[u8], offset: u64, overwrite: bool) -> Vec<u8> {
-    frame(
+    request_bytes(
         id,
         Request::Put {
             path: path.into(),
@@ -40,52 +26,8 @@ fn put_deferred(id: u64, path: &str, data: &[u8], offset: u64, overwrite: bool) 
     )
 }
 
-fn put_hash(id: u64, hash: Digest) -> Vec<u8> {
-    frame(id, Request::PutHash { hash }, &[])
-}
-
-fn pwd(id: u64) -> Vec<u8> {
-    frame(id, Request::Pwd, &[])
-}
-
-async fn login(srv: &TestServer) -> Client {
-    let mut c = srv.client().await;
-    match c
-        .call(Request::Hello {
-            version: 1,
-            features: vec![
-                "pipelining".into(),
-                "resume".into(),
-                "hash-after-body".into(),
-            ],
-            client: Some("test".into()),
-        })
-        .await
-        .unwrap()
-    {
-        Reply::Hello { features, .. } => {
-            assert!(
-                features.contains(&"hash-after-body".to_owned()),
-                "{features:?}"
-            )
-        }
-        other => panic!("{other:?}"),
-    }
-    c.call(Request::login_password("alice", "alice-pw"))
-        .await
-        .unwrap();
-    c
-}
-
-async fn reply(c: &mut Client, id: u64) -> ReplyFrame {
-    let (f, body) = c.recv().await;
-    assert_eq!(f.id, id, "reply id: {f:?}");
-    assert!(body.is_empty());
-    f
-}
-
 async fn expect_code(c: &mut Client, id: u64, code: ErrorCode) -> String {
-    match reply(c, id).await.result {
+    match reply_to(c, id).await.result {
         Err(e) => {
             assert_eq!(e.code, code, "{e}");
             e.message
@@ -95,7 +37,10 @@ async fn expect_code(c: &mut Client, id: u64, code: ErrorCode) -> String {
 }
 
 async fn expect_pwd(c: &mut Client, id: u64) {
-    assert!(matches!(reply(c, id).await.result, Ok(Reply::Pwd { .. })));
+    assert!(matches!(
+        reply_to(c, id).await.result,
+        Ok(Reply::Pwd { .. })
+    ));
 }
 
 fn partials(srv: &TestServer) -> Vec<std::path::PathBuf> {
@@ -127,19 +72,19 @@ async fn resume_offset(c: &mut Client, path: &str, size: u64, mtime: i64) -> u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_put_round_trips_pipelined() {
     let srv = TestServer::start().await;
-    let mut c = login(&srv).await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     // A large body (hashed on the server's split path), a small one, and a request after
     // them, all sent before reading a reply.
     let big = data(1, 5 * 1024 * 1024 + 17);
     let small = data(2, 1000);
     let mut bytes = put_deferred(10, "/big.bin", &big, 0, false);
-    bytes.extend(put_hash(10, blake3(&big)));
+    bytes.extend(put_hash_frame(10, blake3(&big)));
     bytes.extend(put_deferred(11, "/small.bin", &small, 0, false));
-    bytes.extend(put_hash(11, blake3(&small)));
-    bytes.extend(pwd(12));
+    bytes.extend(put_hash_frame(11, blake3(&small)));
+    bytes.extend(pwd_frame(12));
     c.write_raw(&bytes).await;
     for (id, name, content) in [(10, "big.bin", &big), (11, "small.bin", &small)] {
-        match reply(&mut c, id).await.result {
+        match reply_to(&mut c, id).await.result {
             Ok(Reply::Put { path, size, hash }) => {
                 assert_eq!(path, format!("/{name}"));
                 assert_eq!(size, content.len() as u64);
@@ -161,11 +106,11 @@ async fn deferred_put_round_trips_pipelined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_put_with_a_wrong_hash_leaves_nothing() {
     let srv = TestServer::start().await;
-    let mut c = login(&srv).await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let body = data(3, 300_000);
     let mut bytes = put_deferred(5, "/f.bin", &body, 0, false);
-    bytes.extend(put_hash(5, blake3(b"something else")));
-    bytes.extend(pwd(6));
+    bytes.extend(put_hash_frame(5, blake3(b"something else")));
+    bytes.extend(pwd_frame(6));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 5, ErrorCode::ChecksumMismatch).await;
     expect_pwd(&mut c, 6).await;
@@ -174,8 +119,8 @@ async fn deferred_put_with_a_wrong_hash_leaves_nothing() {
 
     // A digest in another algorithm cannot be checked against the blake3 the server computed.
     let mut bytes = put_deferred(7, "/f.bin", &body, 0, false);
-    bytes.extend(put_hash(7, Digest::of(HashAlgo::Sha256, &body)));
-    bytes.extend(pwd(8));
+    bytes.extend(put_hash_frame(7, Digest::of(HashAlgo::Sha256, &body)));
+    bytes.extend(pwd_frame(8));
     c.write_raw(&bytes).await;
     let msg = expect_code(&mut c, 7, ErrorCode::BadRequest).await;
     assert!(msg.contains("blake3"), "{msg}");
@@ -190,12 +135,12 @@ async fn deferred_put_with_a_wrong_hash_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_frames_after_the_body_fail_the_put_and_are_handled_as_themselves() {
     let srv = TestServer::start().await;
-    let mut c = login(&srv).await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let body = data(4, 70_000);
 
     // Another request instead of the put_hash.
     let mut bytes = put_deferred(1, "/a.bin", &body, 0, false);
-    bytes.extend(pwd(2));
+    bytes.extend(pwd_frame(2));
     c.write_raw(&bytes).await;
     let msg = expect_code(&mut c, 1, ErrorCode::BadRequest).await;
     assert!(msg.contains("pwd"), "{msg}");
@@ -203,8 +148,8 @@ async fn wrong_frames_after_the_body_fail_the_put_and_are_handled_as_themselves(
 
     // A put_hash for another id: the put fails, the stray put_hash gets its own error.
     let mut bytes = put_deferred(3, "/a.bin", &body, 0, false);
-    bytes.extend(put_hash(99, blake3(&body)));
-    bytes.extend(pwd(4));
+    bytes.extend(put_hash_frame(99, blake3(&body)));
+    bytes.extend(pwd_frame(4));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 3, ErrorCode::BadRequest).await;
     expect_code(&mut c, 99, ErrorCode::BadRequest).await;
@@ -212,14 +157,14 @@ async fn wrong_frames_after_the_body_fail_the_put_and_are_handled_as_themselves(
 
     // A put_hash with a body: not a valid trailer; its body is skipped, not taken for a frame.
     let mut bytes = put_deferred(5, "/a.bin", &body, 0, false);
-    bytes.extend(frame(
+    bytes.extend(request_bytes(
         6,
         Request::PutHash {
             hash: blake3(&body),
         },
-        &pwd(1000),
+        &pwd_frame(1000),
     ));
-    bytes.extend(pwd(7));
+    bytes.extend(pwd_frame(7));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 5, ErrorCode::BadRequest).await;
     expect_code(&mut c, 6, ErrorCode::BadRequest).await;
@@ -228,7 +173,7 @@ async fn wrong_frames_after_the_body_fail_the_put_and_are_handled_as_themselves(
     // Another put (with its body) where the trailer was due: the first fails, the second is
     // handled whole.
     let mut bytes = put_deferred(8, "/a.bin", &body, 0, false);
-    bytes.extend(frame(
+    bytes.extend(request_bytes(
         9,
         Request::Put {
             path: "/b.bin".into(),
@@ -242,21 +187,21 @@ async fn wrong_frames_after_the_body_fail_the_put_and_are_handled_as_themselves(
     ));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 8, ErrorCode::BadRequest).await;
-    assert!(reply(&mut c, 9).await.result.is_ok());
+    assert!(reply_to(&mut c, 9).await.result.is_ok());
     assert_eq!(std::fs::read(home_file(&srv, "b.bin")).unwrap(), body);
 
     // Two put_hash frames: the first completes the put, the second is a stray.
     let mut bytes = put_deferred(10, "/c.bin", &body, 0, false);
-    bytes.extend(put_hash(10, blake3(&body)));
-    bytes.extend(put_hash(10, blake3(&body)));
-    bytes.extend(pwd(11));
+    bytes.extend(put_hash_frame(10, blake3(&body)));
+    bytes.extend(put_hash_frame(10, blake3(&body)));
+    bytes.extend(pwd_frame(11));
     c.write_raw(&bytes).await;
-    assert!(reply(&mut c, 10).await.result.is_ok());
+    assert!(reply_to(&mut c, 10).await.result.is_ok());
     expect_code(&mut c, 10, ErrorCode::BadRequest).await;
     expect_pwd(&mut c, 11).await;
 
     // A put_hash out of nowhere.
-    c.write_raw(&put_hash(12, blake3(&body))).await;
+    c.write_raw(&put_hash_frame(12, blake3(&body))).await;
     let msg = expect_code(&mut c, 12, ErrorCode::BadRequest).await;
     assert!(msg.contains("put_hash"), "{msg}");
 
@@ -272,15 +217,15 @@ async fn wrong_frames_after_the_body_fail_the_put_and_are_handled_as_themselves(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_hash_of_a_refused_put_is_dropped_unanswered() {
     let srv = TestServer::start().await;
-    let mut c = login(&srv).await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let body = data(5, 2 * 1024 * 1024);
     c.put("/exists.bin", b"old").await.unwrap();
 
     let mut bytes = put_deferred(1, "/exists.bin", &body, 0, false);
-    bytes.extend(put_hash(1, blake3(&body)));
-    bytes.extend(pwd(2));
+    bytes.extend(put_hash_frame(1, blake3(&body)));
+    bytes.extend(pwd_frame(2));
     // A header whose body_len disagrees with size: rejected, its body skipped.
-    bytes.extend(frame(
+    bytes.extend(request_bytes(
         3,
         Request::Put {
             path: "/x.bin".into(),
@@ -292,8 +237,8 @@ async fn put_hash_of_a_refused_put_is_dropped_unanswered() {
         },
         b"12345",
     ));
-    bytes.extend(put_hash(3, blake3(b"whatever")));
-    bytes.extend(pwd(4));
+    bytes.extend(put_hash_frame(3, blake3(b"whatever")));
+    bytes.extend(pwd_frame(4));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 1, ErrorCode::AlreadyExists).await;
     expect_pwd(&mut c, 2).await;
@@ -309,11 +254,14 @@ async fn put_hash_of_a_refused_put_is_dropped_unanswered() {
     let mut anon = srv.client().await;
     anon.hello().await;
     let mut bytes = put_deferred(1, "/y.bin", b"abc", 0, false);
-    bytes.extend(put_hash(1, blake3(b"abc")));
-    bytes.extend(frame(2, Request::Quit, &[]));
+    bytes.extend(put_hash_frame(1, blake3(b"abc")));
+    bytes.extend(request_bytes(2, Request::Quit, &[]));
     anon.write_raw(&bytes).await;
     expect_code(&mut anon, 1, ErrorCode::AuthRequired).await;
-    assert!(matches!(reply(&mut anon, 2).await.result, Ok(Reply::Quit)));
+    assert!(matches!(
+        reply_to(&mut anon, 2).await.result,
+        Ok(Reply::Quit)
+    ));
     srv.stop().await;
 }
 
@@ -325,13 +273,13 @@ async fn body_without_its_put_hash_is_kept_for_resume() {
     let body = data(6, 1024 * 1024 + 9);
     let size = body.len() as u64;
     {
-        let mut c = login(&srv).await;
+        let mut c = login_hash_after_body(&srv, "alice").await;
         c.write_raw(&put_deferred(1, "/k.bin", &body, 0, false))
             .await;
         // No reply can come before the trailer.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut c = login(&srv).await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let mut held = 0;
     for _ in 0..50 {
         held = resume_offset(&mut c, "/k.bin", size, MTIME).await;
@@ -345,9 +293,9 @@ async fn body_without_its_put_hash_is_kept_for_resume() {
     // Another mtime is another upload.
     assert_eq!(resume_offset(&mut c, "/k.bin", size, MTIME + 1).await, 0);
     let mut bytes = put_deferred(20, "/k.bin", &body, size, false);
-    bytes.extend(put_hash(20, blake3(&body)));
+    bytes.extend(put_hash_frame(20, blake3(&body)));
     c.write_raw(&bytes).await;
-    assert!(reply(&mut c, 20).await.result.is_ok());
+    assert!(reply_to(&mut c, 20).await.result.is_ok());
     assert_eq!(std::fs::read(home_file(&srv, "k.bin")).unwrap(), body);
     assert!(partials(&srv).is_empty());
     srv.stop().await;
@@ -364,13 +312,13 @@ async fn resume_without_hash_then_a_mismatch_discards_the_partial() {
     let size = old.len() as u64;
     let cut = 1024 * 1024 + 3;
     {
-        let mut c = login(&srv).await;
+        let mut c = login_hash_after_body(&srv, "alice").await;
         let whole = put_deferred(1, "/v.bin", &old, 0, false);
         let header_len = whole.len() - old.len();
         c.write_raw(&whole[..header_len + cut]).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut c = login(&srv).await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let mut held = 0;
     for _ in 0..50 {
         held = resume_offset(&mut c, "/v.bin", size, MTIME).await;
@@ -381,7 +329,7 @@ async fn resume_without_hash_then_a_mismatch_discards_the_partial() {
     }
     assert_eq!(held, cut as u64);
     let mut bytes = put_deferred(2, "/v.bin", &new, held, false);
-    bytes.extend(put_hash(2, blake3(&new)));
+    bytes.extend(put_hash_frame(2, blake3(&new)));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 2, ErrorCode::ChecksumMismatch).await;
     assert!(!home_file(&srv, "v.bin").exists());
@@ -389,9 +337,9 @@ async fn resume_without_hash_then_a_mismatch_discards_the_partial() {
     assert_eq!(resume_offset(&mut c, "/v.bin", size, MTIME).await, 0);
     // From the start, it goes through.
     let mut bytes = put_deferred(3, "/v.bin", &new, 0, false);
-    bytes.extend(put_hash(3, blake3(&new)));
+    bytes.extend(put_hash_frame(3, blake3(&new)));
     c.write_raw(&bytes).await;
-    assert!(reply(&mut c, 3).await.result.is_ok());
+    assert!(reply_to(&mut c, 3).await.result.is_ok());
     assert_eq!(std::fs::read(home_file(&srv, "v.bin")).unwrap(), new);
     srv.stop().await;
 }

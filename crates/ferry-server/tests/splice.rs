@@ -8,28 +8,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ferry_proto::{Digest, ErrorCode, HashAlgo, Reply, ReplyFrame, Request, RequestFrame};
+use ferry_proto::{Digest, ErrorCode, HashAlgo, Reply, Request, RequestFrame};
 
 const MTIME: i64 = 1_764_115_200;
 const MIB: usize = 1024 * 1024;
 
-/// One frame's bytes: header with `id`, then `body`.
-fn frame(id: u64, request: Request, body: &[u8]) -> Vec<u8> {
-    let mut buf = bytes::BytesMut::new();
-    RequestFrame {
-        id,
-        request,
-        body_len: body.len() as u64,
-    }
-    .encode(u32::MAX, &mut buf)
-    .unwrap();
-    buf.extend_from_slice(body);
-    buf.to_vec()
-}
-
 /// A put of `data[offset..]`, with `hash` in the header or (`None`) a `put_hash` to follow.
 fn put(id: u64, path: &str, data: &[u8], offset: u64, hash: Option<Digest>) -> Vec<u8> {
-    frame(
+    request_bytes(
         id,
         Request::Put {
             path: path.into(),
@@ -43,42 +29,8 @@ fn put(id: u64, path: &str, data: &[u8], offset: u64, hash: Option<Digest>) -> V
     )
 }
 
-fn put_hash(id: u64, hash: Digest) -> Vec<u8> {
-    frame(id, Request::PutHash { hash }, &[])
-}
-
-fn pwd(id: u64) -> Vec<u8> {
-    frame(id, Request::Pwd, &[])
-}
-
-async fn login(srv: &TestServer, user: &str) -> Client {
-    let mut c = srv.client().await;
-    c.call(Request::Hello {
-        version: 1,
-        features: vec![
-            "pipelining".into(),
-            "resume".into(),
-            "hash-after-body".into(),
-        ],
-        client: Some("test".into()),
-    })
-    .await
-    .unwrap();
-    c.call(Request::login_password(user, format!("{user}-pw")))
-        .await
-        .unwrap();
-    c
-}
-
-async fn reply(c: &mut Client, id: u64) -> ReplyFrame {
-    let (f, body) = c.recv().await;
-    assert_eq!(f.id, id, "reply id: {f:?}");
-    assert!(body.is_empty());
-    f
-}
-
 async fn expect_put(c: &mut Client, id: u64, path: &str, content: &[u8], hash: &Digest) {
-    match reply(c, id).await.result {
+    match reply_to(c, id).await.result {
         Ok(Reply::Put {
             path: p,
             size,
@@ -93,14 +45,17 @@ async fn expect_put(c: &mut Client, id: u64, path: &str, content: &[u8], hash: &
 }
 
 async fn expect_code(c: &mut Client, id: u64, code: ErrorCode) {
-    match reply(c, id).await.result {
+    match reply_to(c, id).await.result {
         Err(e) => assert_eq!(e.code, code, "{e}"),
         Ok(r) => panic!("expected {code}, got {r:?}"),
     }
 }
 
 async fn expect_pwd(c: &mut Client, id: u64) {
-    assert!(matches!(reply(c, id).await.result, Ok(Reply::Pwd { .. })));
+    assert!(matches!(
+        reply_to(c, id).await.result,
+        Ok(Reply::Pwd { .. })
+    ));
 }
 
 fn partials(srv: &TestServer, user: &str) -> Vec<std::path::PathBuf> {
@@ -144,7 +99,7 @@ const SIZES: &[usize] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_size_round_trips_with_what_follows_it_in_the_same_write() {
     let srv = TestServer::start().await;
-    let mut c = login(&srv, "alice").await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     for (i, &len) in SIZES.iter().enumerate() {
         let body = data(i as u64 + 1, len);
         let id = 10 * i as u64 + 10;
@@ -152,14 +107,14 @@ async fn every_size_round_trips_with_what_follows_it_in_the_same_write() {
         // body's end, the trailer and the request may share a segment.
         let deferred = format!("/d{len}");
         let mut bytes = put(id, &deferred, &body, 0, None);
-        bytes.extend(put_hash(id, blake3(&body)));
-        bytes.extend(pwd(id + 1));
+        bytes.extend(put_hash_frame(id, blake3(&body)));
+        bytes.extend(pwd_frame(id + 1));
         // Hash in the header (sha256: the hash of record, blake3, is computed beside it),
         // then the next request right behind the body.
         let declared = format!("/h{len}");
         let sha = Digest::of(HashAlgo::Sha256, &body);
         bytes.extend(put(id + 2, &declared, &body, 0, Some(sha.clone())));
-        bytes.extend(pwd(id + 3));
+        bytes.extend(pwd_frame(id + 3));
         c.write_raw(&bytes).await;
         expect_put(&mut c, id, &deferred, &body, &blake3(&body)).await;
         expect_pwd(&mut c, id + 1).await;
@@ -186,13 +141,13 @@ async fn a_short_body_keeps_exactly_what_arrived_and_resumes_from_an_unaligned_o
     let body = data(7, 5 * MIB + 333);
     let cut = 3 * MIB + 17;
     {
-        let mut c = login(&srv, "alice").await;
+        let mut c = login_hash_after_body(&srv, "alice").await;
         let bytes = put(1, "/r.bin", &body, 0, None);
         let header_len = bytes.len() - body.len();
         c.write_raw(&bytes[..header_len + cut]).await;
         // Closing with the body unfinished.
     }
-    let mut c = login(&srv, "alice").await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let mut held = 0;
     for _ in 0..100 {
         held = resume_offset(&mut c, "/r.bin", body.len() as u64).await;
@@ -207,8 +162,8 @@ async fn a_short_body_keeps_exactly_what_arrived_and_resumes_from_an_unaligned_o
     // behind the trailer.
     let from = held - 1001;
     let mut bytes = put(2, "/r.bin", &body, from, None);
-    bytes.extend(put_hash(2, blake3(&body)));
-    bytes.extend(pwd(3));
+    bytes.extend(put_hash_frame(2, blake3(&body)));
+    bytes.extend(pwd_frame(3));
     c.write_raw(&bytes).await;
     expect_put(&mut c, 2, "/r.bin", &body, &blake3(&body)).await;
     expect_pwd(&mut c, 3).await;
@@ -220,13 +175,13 @@ async fn a_short_body_keeps_exactly_what_arrived_and_resumes_from_an_unaligned_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_hash_leaves_nothing_and_the_connection_goes_on() {
     let srv = TestServer::start().await;
-    let mut c = login(&srv, "alice").await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let body = data(3, 3 * MIB + 9);
     let mut bytes = put(1, "/bad-header", &body, 0, Some(blake3(b"other")));
-    bytes.extend(pwd(2));
+    bytes.extend(pwd_frame(2));
     bytes.extend(put(3, "/bad-trailer", &body, 0, None));
-    bytes.extend(put_hash(3, blake3(b"other")));
-    bytes.extend(pwd(4));
+    bytes.extend(put_hash_frame(3, blake3(b"other")));
+    bytes.extend(pwd_frame(4));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 1, ErrorCode::ChecksumMismatch).await;
     expect_pwd(&mut c, 2).await;
@@ -242,14 +197,14 @@ async fn a_wrong_hash_leaves_nothing_and_the_connection_goes_on() {
 async fn a_body_over_quota_is_refused_and_skipped() {
     let srv = TestServer::start().await;
     add_user(&srv.data_root(), "carol", "carol-pw", 3 * MIB as u64, 10);
-    let mut c = login(&srv, "carol").await;
+    let mut c = login_hash_after_body(&srv, "carol").await;
     let big = data(4, 3 * MIB + 1);
     let fits = data(5, 3 * MIB);
     let mut bytes = put(1, "/big", &big, 0, None);
-    bytes.extend(put_hash(1, blake3(&big)));
-    bytes.extend(pwd(2));
+    bytes.extend(put_hash_frame(1, blake3(&big)));
+    bytes.extend(pwd_frame(2));
     bytes.extend(put(3, "/fits", &fits, 0, None));
-    bytes.extend(put_hash(3, blake3(&fits)));
+    bytes.extend(put_hash_frame(3, blake3(&fits)));
     c.write_raw(&bytes).await;
     expect_code(&mut c, 1, ErrorCode::QuotaExceeded).await;
     expect_pwd(&mut c, 2).await;
@@ -263,7 +218,7 @@ async fn a_body_over_quota_is_refused_and_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_that_keeps_moving_is_not_cut_off() {
     let srv = TestServer::start_with(|c| c.frame_timeout = Duration::from_millis(600)).await;
-    let mut c = login(&srv, "alice").await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let body = data(6, 2 * MIB + 7);
     let bytes = put(1, "/slow", &body, 0, None);
     // Six pauses of 400 ms: the body takes far longer than the frame timeout, but no single
@@ -272,7 +227,7 @@ async fn a_slow_body_that_keeps_moving_is_not_cut_off() {
         c.write_raw(piece).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    c.write_raw(&put_hash(1, blake3(&body))).await;
+    c.write_raw(&put_hash_frame(1, blake3(&body))).await;
     expect_put(&mut c, 1, "/slow", &body, &blake3(&body)).await;
     assert!(std::fs::read(srv.home("alice").join("slow")).unwrap() == body);
     srv.stop().await;
@@ -283,14 +238,14 @@ async fn a_stalled_body_times_out_and_keeps_its_partial() {
     let srv = TestServer::start_with(|c| c.frame_timeout = Duration::from_millis(500)).await;
     let body = data(8, 2 * MIB);
     let sent = MIB + 100;
-    let mut c = login(&srv, "alice").await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     let bytes = put(1, "/stall", &body, 0, None);
     c.write_raw(&bytes[..bytes.len() - body.len() + sent]).await;
     let (f, _) = c.recv().await;
     assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::Timeout));
     c.expect_closed().await;
     assert!(!srv.home("alice").join("stall").exists());
-    let mut c = login(&srv, "alice").await;
+    let mut c = login_hash_after_body(&srv, "alice").await;
     assert_eq!(
         resume_offset(&mut c, "/stall", body.len() as u64).await,
         sent as u64
@@ -302,7 +257,7 @@ async fn a_stalled_body_times_out_and_keeps_its_partial() {
 async fn a_hard_shutdown_stops_a_body_that_keeps_coming() {
     use tokio::io::AsyncWriteExt;
     let mut srv = TestServer::start_with(|c| c.grace = Duration::from_millis(300)).await;
-    let c = login(&srv, "alice").await;
+    let c = login_hash_after_body(&srv, "alice").await;
     // A body declared far larger than can be sent before the test gives up, sent as fast as
     // the client can: the thread moving it must notice the cut (between rounds, or while
     // waiting for the socket) and close the connection.

@@ -364,3 +364,65 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// One frame's bytes, header with `id` then `body`: for tests that write several frames (and
+/// what follows a body) in one go.
+pub fn request_bytes(id: u64, request: Request, body: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    RequestFrame {
+        id,
+        request,
+        body_len: body.len() as u64,
+    }
+    .encode(u32::MAX, &mut buf)
+    .unwrap();
+    buf.extend_from_slice(body);
+    buf.to_vec()
+}
+
+pub fn put_hash_frame(id: u64, hash: Digest) -> Vec<u8> {
+    request_bytes(id, Request::PutHash { hash }, &[])
+}
+
+pub fn pwd_frame(id: u64) -> Vec<u8> {
+    request_bytes(id, Request::Pwd, &[])
+}
+
+/// Logs `user` in (password `<user>-pw`) on a connection that said it sends hashes after
+/// bodies, checking that the server offered that.
+pub async fn login_hash_after_body(srv: &TestServer, user: &str) -> Client {
+    let mut c = srv.client().await;
+    match c
+        .call(Request::Hello {
+            version: 1,
+            features: vec![
+                "pipelining".into(),
+                "resume".into(),
+                "hash-after-body".into(),
+            ],
+            client: Some("test".into()),
+        })
+        .await
+        .unwrap()
+    {
+        Reply::Hello { features, .. } => {
+            assert!(
+                features.contains(&"hash-after-body".to_owned()),
+                "{features:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    c.call(Request::login_password(user, format!("{user}-pw")))
+        .await
+        .unwrap();
+    c
+}
+
+/// The next reply, which must answer `id` and carry no body.
+pub async fn reply_to(c: &mut Client, id: u64) -> ReplyFrame {
+    let (f, body) = c.recv().await;
+    assert_eq!(f.id, id, "reply id: {f:?}");
+    assert!(body.is_empty());
+    f
+}
