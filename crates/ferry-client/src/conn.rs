@@ -304,13 +304,7 @@ impl FrameWriter<'_> {
 
     /// Writes body bytes after the queued ones, without copying them into the queue.
     pub(crate) async fn write_body(&mut self, bytes: &[u8]) -> Result<()> {
-        if !self.wbuf.is_empty() {
-            self.half
-                .write_all(self.wbuf)
-                .await
-                .map_err(|e| ClientError::io("writing to server", e))?;
-            self.wbuf.clear();
-        }
+        self.write_queued().await?;
         self.half
             .write_all(bytes)
             .await
@@ -321,7 +315,8 @@ impl FrameWriter<'_> {
         self.half.tcp().is_none()
     }
 
-    pub(crate) async fn flush(&mut self) -> Result<()> {
+    /// Writes what is queued (not flushing TLS records).
+    async fn write_queued(&mut self) -> Result<()> {
         if !self.wbuf.is_empty() {
             self.half
                 .write_all(self.wbuf)
@@ -329,6 +324,11 @@ impl FrameWriter<'_> {
                 .map_err(|e| ClientError::io("writing to server", e))?;
             self.wbuf.clear();
         }
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        self.write_queued().await?;
         // TLS holds written records until flushed.
         self.half
             .flush()
