@@ -622,6 +622,11 @@ async fn send_body_tls_hashed(
     Ok(p.offset)
 }
 
+/// Read size of the upload hash thread: small enough that what one read copies is still in
+/// the core's 2 MiB L2 when blake3 reads it. Four alternating 1 GiB plain uploads each: client
+/// CPU 0.51 s with 256 KiB (and with 128 KiB) against 0.55 s with 1 MiB, wall 0.74 vs 0.76 s.
+const UPLOAD_HASH_READ: usize = 256 * 1024;
+
 /// Hashes (blake3) all of an open file on a thread of its own; the result arrives on the
 /// returned channel. Positioned reads, so the descriptor's offset is left alone.
 fn spawn_hash(file: File) -> tokio::sync::oneshot::Receiver<std::io::Result<Digest>> {
@@ -629,7 +634,7 @@ fn spawn_hash(file: File) -> tokio::sync::oneshot::Receiver<std::io::Result<Dige
     let hash = move || {
         use std::os::unix::fs::FileExt;
         let mut hasher = Hasher::new(HashAlgo::Blake3);
-        let mut buf = vec![0u8; crate::conn::IO_CHUNK];
+        let mut buf = vec![0u8; UPLOAD_HASH_READ];
         let mut pos = 0u64;
         loop {
             match file.read_at(&mut buf, pos) {
