@@ -724,7 +724,7 @@ impl PartialMeta {
     }
 }
 
-/// Buffers a large download moves through: enough that receiving and writing never wait for
+/// Buffers a large download or TLS upload moves through: enough that receiving and writing never wait for
 /// the hasher while it keeps up, few enough to keep memory small.
 const HASH_BUFFERS: usize = 4;
 
@@ -735,21 +735,32 @@ struct HashWorker {
     full: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
     empty: mpsc::Receiver<Vec<u8>>,
     made: usize,
+    /// Size of each buffer.
+    buf_len: usize,
     thread: Option<std::thread::JoinHandle<std::io::Result<Hasher>>>,
 }
 
 impl HashWorker {
+    /// For a download: 1 MiB buffers (256 KiB ones were slower: plain 0.60-0.75 vs
+    /// 0.66-0.72 s, TLS 1.11-1.19 vs 1.21-1.27 s per GiB, three alternating runs each).
     fn start(hasher: Hasher) -> std::io::Result<Self> {
-        Self::spawn(hasher, None)
+        Self::spawn(hasher, None, crate::conn::IO_CHUNK)
     }
 
     /// Like [`HashWorker::start`], but the thread first hashes the first `len` bytes of
-    /// `file` (what a resumed upload does not send) before the buffers it is given.
+    /// `file` (what a resumed upload does not send) before the buffers it is given. For an
+    /// upload over TLS: 256 KiB buffers, which the read, the encryption and the hash each find
+    /// in cache (four alternating 1 GiB TLS uploads: client CPU 1.06 vs 1.11 s, wall 1.38 vs
+    /// 1.44 s, against 1 MiB).
     fn start_after_prefix(hasher: Hasher, file: File, len: u64) -> std::io::Result<Self> {
-        Self::spawn(hasher, Some((file, len)))
+        Self::spawn(hasher, Some((file, len)), UPLOAD_HASH_READ)
     }
 
-    fn spawn(mut hasher: Hasher, prefix: Option<(File, u64)>) -> std::io::Result<Self> {
+    fn spawn(
+        mut hasher: Hasher,
+        prefix: Option<(File, u64)>,
+        buf_len: usize,
+    ) -> std::io::Result<Self> {
         let (full, to_hash) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
         let (hashed, empty) = mpsc::channel(HASH_BUFFERS);
         let thread = std::thread::Builder::new()
@@ -769,6 +780,7 @@ impl HashWorker {
             full: Some(full),
             empty,
             made: 0,
+            buf_len,
             thread: Some(thread),
         })
     }
@@ -780,7 +792,7 @@ impl HashWorker {
         }
         if self.made < HASH_BUFFERS {
             self.made += 1;
-            return Ok(vec![0; crate::conn::IO_CHUNK]);
+            return Ok(vec![0; self.buf_len]);
         }
         self.empty.recv().await.ok_or_else(hasher_died)
     }
