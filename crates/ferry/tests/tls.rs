@@ -347,13 +347,7 @@ fn a_download_broken_mid_body_over_tls_fails_clearly_and_leaves_no_file() {
             .ferry_at(&proxy.to_string(), "gus")
             .args(["get", "-q", "big.bin"])
             .arg(dst.path()));
-        let err = stderr(&out);
-        assert!(!out.status.success(), "{}: {err}", how.name());
-        assert!(
-            err.contains("server"),
-            "{}: the error names the connection: {err}",
-            how.name()
-        );
+        fails_naming_the_connection(&out, how);
         assert!(
             !dst.path().join("big.bin").exists(),
             "nothing under the final name"
@@ -383,13 +377,7 @@ fn an_upload_broken_mid_body_over_tls_fails_clearly_and_leaves_no_file() {
             .ferry_at(&proxy.to_string(), "hal")
             .args(["put", "-q"])
             .arg(&file));
-        let err = stderr(&out);
-        assert!(!out.status.success(), "{}: {err}", how.name());
-        assert!(
-            err.contains("server"),
-            "{}: the error names the connection: {err}",
-            how.name()
-        );
+        fails_naming_the_connection(&out, how);
         assert!(
             !srv.home("hal").join(&name).exists(),
             "nothing under the final name"
@@ -398,4 +386,15 @@ fn an_upload_broken_mid_body_over_tls_fails_clearly_and_leaves_no_file() {
         assert_eq!(out["uploaded"], 1, "{out}");
         assert!(fs::read(srv.home("hal").join(&name)).unwrap() == data);
     }
+}
+
+/// The command failed, and its error says the connection to the server broke.
+fn fails_naming_the_connection(out: &std::process::Output, how: Break) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "{}: {err}", how.name());
+    assert!(
+        err.contains("server"),
+        "{}: the error names the connection: {err}",
+        how.name()
+    );
 }
