@@ -486,18 +486,7 @@ async fn send_one_put(
                 None => Some(spawn_hash(file.try_clone().map_err(local)?)),
             };
             let body_len = p.size - p.offset;
-            let frame = RequestFrame {
-                id,
-                request: Request::Put {
-                    path: item.remote.clone(),
-                    size: p.size,
-                    hash: p.hash.clone(),
-                    offset: p.offset,
-                    overwrite: opts.overwrite,
-                    mtime,
-                },
-                body_len,
-            };
+            let frame = put_header(id, item, p, mtime, opts);
             writer.queue(&frame).await?;
             progress.start_file(&item.remote, p.size, p.offset);
             writer
@@ -552,6 +541,29 @@ async fn send_one_put(
     }
 }
 
+/// The `put` header for the body still to send (from `p.offset`), with the hash when it is
+/// known up front.
+fn put_header(
+    id: u64,
+    item: &PutItem,
+    p: &Prepared,
+    mtime: Option<i64>,
+    opts: &PutOptions,
+) -> RequestFrame {
+    RequestFrame {
+        id,
+        request: Request::Put {
+            path: item.remote.clone(),
+            size: p.size,
+            hash: p.hash.clone(),
+            offset: p.offset,
+            overwrite: opts.overwrite,
+            mtime,
+        },
+        body_len: p.size - p.offset,
+    }
+}
+
 /// A large upload over TLS with its hash after the body: each piece of the file is read
 /// once, into a buffer that is encrypted and sent and then hashed on the [`HashWorker`]'s
 /// thread, which first hashes the prefix the server already holds.
@@ -572,19 +584,7 @@ async fn send_body_tls_hashed(
     let mut worker =
         HashWorker::start_after_prefix(Hasher::new(HashAlgo::Blake3), prefix, p.offset)
             .map_err(local)?;
-    let body_len = p.size - p.offset;
-    let frame = RequestFrame {
-        id,
-        request: Request::Put {
-            path: item.remote.clone(),
-            size: p.size,
-            hash: None,
-            offset: p.offset,
-            overwrite: opts.overwrite,
-            mtime,
-        },
-        body_len,
-    };
+    let frame = put_header(id, item, p, mtime, opts);
     // Once the header is out, the server expects the whole body and then the hash: any
     // failure from here on fails the connection (an I/O error), never just this item.
     let fatal = |e: ClientError| match e {
