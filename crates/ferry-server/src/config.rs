@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub remeasure_after: Duration,
     /// Session tokens: their idle TTL (zero disables them) and how many are kept.
     pub tokens: crate::tokens::TokenPolicy,
+    /// Where hashes of record are kept (see `hashes`).
+    pub hash_records: crate::hashes::RecordsIn,
     /// TLS settings; `None` serves plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
@@ -58,6 +60,7 @@ impl ServerConfig {
             throttle: crate::throttle::ThrottlePolicy::default(),
             max_sessions_per_user: 256,
             tokens: crate::tokens::TokenPolicy::default(),
+            hash_records: crate::hashes::RecordsIn::Xattr,
             tls: None,
         }
     }

@@ -1,20 +1,28 @@
 //! The hash of record.
 //!
-//! Stored per user, one small JSON file per file: `state/hashes/<user>/<ino>.json` holding
-//! the file's size and mtime (ns) when hashed and its digests by algorithm. A record is used
-//! only while the file's inode, size and mtime still match, so a file changed by other means
-//! is re-hashed on its next `get`/`stat algo`. An upload records the digest it was verified
-//! against right after the rename (the inode survives the rename and later `mv`s). Records are
-//! a cache of facts derivable from the file, so they are written atomically but not fsynced;
-//! an in-memory map in front of them saves the disk read on repeated downloads.
+//! A record holds the file's size and mtime (ns) when hashed and its digests by algorithm,
+//! as JSON. It lives on the file itself, in the extended attribute `user.ferry.hash`, where
+//! the file system supports that: one `fsetxattr` on the open file, it follows the inode
+//! through renames and `mv`s and goes away with it. Where extended attributes are refused
+//! (`ENOTSUP`) or the attribute cannot be set, the record is a small file per inode instead:
+//! `state/hashes/<user>/<ino>.json`. (A profile of 2,000 4 KiB uploads showed the file form
+//! cost four syscalls and a new inode per upload, a seventh of the server's time.)
+//!
+//! A record is used only while the file's size and mtime still match (and, for the file
+//! form, its inode), so a file changed by other means is re-hashed on its next
+//! `get`/`stat algo`. Records are a cache of facts derivable from the file, so they are not
+//! fsynced on their own; an in-memory map in front of them saves the read on repeated
+//! downloads.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ferry_proto::{Digest, HashAlgo, Hasher};
 use serde::{Deserialize, Serialize};
@@ -25,6 +33,21 @@ use crate::root::DataRoot;
 const HASH_BUF: usize = 1 << 20;
 /// In-memory records kept before the map is cleared (the disk copy stays).
 const MEM_CAP: usize = 100_000;
+/// The extended attribute a record is kept in.
+const XATTR: &CStr = c"user.ferry.hash";
+/// A record is ~100 bytes per digest; a longer attribute is not ours.
+const XATTR_MAX: usize = 1024;
+
+/// Where hashes of record are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordsIn {
+    /// On each file, in the `user.ferry.hash` extended attribute, where the file system
+    /// allows it; in record files where it does not.
+    Xattr,
+    /// In record files only (for an operator who wants no attribute on the files, e.g.
+    /// when they are hard links to files outside the data root).
+    Files,
+}
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,15 +102,21 @@ pub struct HashStore {
     /// or getrandom call per record).
     tmp_prefix: u64,
     tmp_seq: AtomicU64,
+    /// The file system refused the attribute once (`ENOTSUP`): records go to files from then
+    /// on, without trying the attribute first.
+    no_xattr: AtomicBool,
+    records_in: RecordsIn,
 }
 
 impl HashStore {
-    pub fn new(root: DataRoot) -> Self {
+    pub fn new(root: DataRoot, records_in: RecordsIn) -> Self {
         HashStore {
             root,
             mem: Mutex::new(HashMap::new()),
             tmp_prefix: rand::random(),
             tmp_seq: AtomicU64::new(0),
+            no_xattr: AtomicBool::new(records_in == RecordsIn::Files),
+            records_in,
         }
     }
 
@@ -95,7 +124,9 @@ impl HashStore {
         self.root.hashes_dir(user).join(format!("{ino}.json"))
     }
 
-    fn load(&self, user: &str, stamp: &FileStamp) -> Option<Record> {
+    /// The record of this version of the file: from memory, else from where the file's
+    /// record may be kept (`at`), else from the record file.
+    fn load(&self, user: &str, stamp: &FileStamp, at: Option<XattrOf<'_>>) -> Option<Record> {
         let key = (user.to_owned(), stamp.ino);
         if let Some(r) = self.mem.lock().unwrap().get(&key) {
             if r.matches(stamp) {
@@ -103,11 +134,14 @@ impl HashStore {
             }
             return None;
         }
-        let bytes = fs::read(self.path(user, stamp.ino)).ok()?;
-        let rec: Record = serde_json::from_slice(&bytes).ok()?;
-        if !rec.matches(stamp) {
-            return None;
-        }
+        let rec = at
+            .filter(|_| self.records_in == RecordsIn::Xattr)
+            .and_then(|at| at.get())
+            .or_else(|| {
+                let bytes = fs::read(self.path(user, stamp.ino)).ok()?;
+                serde_json::from_slice::<Record>(&bytes).ok()
+            })
+            .filter(|r| r.matches(stamp))?;
         let mut mem = self.mem.lock().unwrap();
         if mem.len() >= MEM_CAP {
             mem.clear();
@@ -116,25 +150,43 @@ impl HashStore {
         Some(rec)
     }
 
-    /// The digest in `algo` if it is on record for exactly this version of the file.
-    /// Does no hashing (this is what `ls` uses).
-    pub fn known(&self, user: &str, stamp: &FileStamp, algo: HashAlgo) -> Option<Digest> {
-        self.load(user, stamp)?.digests.get(algo.name()).cloned()
+    /// The digest in `algo` if it is on record for exactly this version of the file, which
+    /// is entry `name` of the open directory `dir`. Does no hashing (this is what `ls` uses).
+    pub fn known(
+        &self,
+        user: &str,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        stamp: &FileStamp,
+        algo: HashAlgo,
+    ) -> Option<Digest> {
+        self.load(user, stamp, Some(XattrOf::Entry(dir, name)))?
+            .digests
+            .get(algo.name())
+            .cloned()
     }
 
-    /// Records digests for this version of the file, replacing a record of another version.
-    pub fn record(&self, user: &str, stamp: &FileStamp, digests: &[Digest]) {
-        let rec = self.load(user, stamp);
-        self.put(user, stamp, rec, digests);
+    /// Records digests for this version of the open file, replacing a record of another
+    /// version.
+    pub fn record(&self, user: &str, file: &fs::File, stamp: &FileStamp, digests: &[Digest]) {
+        let rec = self.load(user, stamp, Some(XattrOf::File(file)));
+        self.put(user, file, stamp, rec, digests);
     }
 
-    /// Records the digests of a version just written (an upload): nothing on record can be
-    /// about it, so nothing is read first.
-    pub fn record_new(&self, user: &str, stamp: &FileStamp, digests: &[Digest]) {
-        self.put(user, stamp, None, digests);
+    /// Records the digests of a version just written (an upload, `file` still open):
+    /// nothing on record can be about it, so nothing is read first.
+    pub fn record_new(&self, user: &str, file: &fs::File, stamp: &FileStamp, digests: &[Digest]) {
+        self.put(user, file, stamp, None, digests);
     }
 
-    fn put(&self, user: &str, stamp: &FileStamp, rec: Option<Record>, digests: &[Digest]) {
+    fn put(
+        &self,
+        user: &str,
+        file: &fs::File,
+        stamp: &FileStamp,
+        rec: Option<Record>,
+        digests: &[Digest],
+    ) {
         let mut rec = rec.unwrap_or_else(|| Record {
             size: stamp.size,
             mtime: stamp.mtime,
@@ -144,14 +196,48 @@ impl HashStore {
         for d in digests {
             rec.digests.insert(d.algo().name().to_owned(), d.clone());
         }
-        if let Err(e) = self.store(user, stamp.ino, &rec) {
-            tracing::warn!(user, ino = stamp.ino, "cannot store a hash record: {e}");
+        let json = serde_json::to_vec(&rec).expect("record serializes");
+        if !self.set_xattr(file, &json) {
+            if let Err(e) = self.store(user, stamp.ino, &json) {
+                tracing::warn!(user, ino = stamp.ino, "cannot store a hash record: {e}");
+            }
         }
         let mut mem = self.mem.lock().unwrap();
         if mem.len() >= MEM_CAP {
             mem.clear();
         }
         mem.insert((user.to_owned(), stamp.ino), rec);
+    }
+
+    /// Puts the record on the file. False if it is not there (the caller writes the record
+    /// file instead).
+    fn set_xattr(&self, file: &fs::File, json: &[u8]) -> bool {
+        if self.no_xattr.load(Ordering::Relaxed) {
+            return false;
+        }
+        // SAFETY: an fd we hold open, a NUL-terminated name, and a buffer of `json.len()`
+        // bytes.
+        let r = unsafe {
+            libc::fsetxattr(
+                file.as_raw_fd(),
+                XATTR.as_ptr(),
+                json.as_ptr().cast(),
+                json.len(),
+                0,
+            )
+        };
+        if r == 0 {
+            return true;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOTSUP) {
+            tracing::info!(
+                "the data root's file system has no user extended attributes: hash records go to files"
+            );
+            self.no_xattr.store(true, Ordering::Relaxed);
+        }
+        // Other refusals (a full file system, a read-only file) concern this file only.
+        false
     }
 
     /// Drops the record of an inode whose file was removed or replaced (so records do not
@@ -161,7 +247,7 @@ impl HashStore {
         let _ = fs::remove_file(self.path(user, ino));
     }
 
-    fn store(&self, user: &str, ino: u64, rec: &Record) -> io::Result<()> {
+    fn store(&self, user: &str, ino: u64, json: &[u8]) -> io::Result<()> {
         let dest = self.path(user, ino);
         let tmp = self.root.tmp_dir().join(format!(
             ".hash.{:016x}.{}",
@@ -170,7 +256,7 @@ impl HashStore {
         ));
         let res = (|| {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(rec).expect("record serializes"))?;
+            f.write_all(json)?;
             fs::rename(&tmp, &dest)
         })();
         if res.is_err() {
@@ -201,7 +287,7 @@ impl HashStore {
         before: FileStamp,
         algo: HashAlgo,
     ) -> io::Result<(Digest, FileStamp)> {
-        let rec = self.load(user, &before);
+        let rec = self.load(user, &before, Some(XattrOf::File(file)));
         if let Some(d) = rec.as_ref().and_then(|r| r.digests.get(algo.name())) {
             return Ok((d.clone(), before));
         }
@@ -228,8 +314,55 @@ impl HashStore {
         let digests: Vec<Digest> = hashers.into_iter().map(Hasher::finalize).collect();
         let after = FileStamp::of(&file.metadata()?);
         if after == before && off == before.size {
-            self.record(user, &before, &digests);
+            self.put(user, file, &before, rec, &digests);
         }
         Ok((digests[0].clone(), before))
+    }
+}
+
+/// Where a file's record attribute can be read: the open file, or an entry of an open
+/// directory (`ls` has no file open).
+#[derive(Clone, Copy)]
+enum XattrOf<'a> {
+    File(&'a fs::File),
+    Entry(BorrowedFd<'a>, &'a str),
+}
+
+impl XattrOf<'_> {
+    fn get(self) -> Option<Record> {
+        let mut buf = [0u8; XATTR_MAX];
+        let n = match self {
+            // SAFETY: an fd we hold open, a NUL-terminated name, a buffer of its length.
+            XattrOf::File(f) => unsafe {
+                libc::fgetxattr(
+                    f.as_raw_fd(),
+                    XATTR.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            },
+            XattrOf::Entry(dir, name) => {
+                // No `getxattrat` before Linux 6.13: the entry is reached through the
+                // directory's fd in /proc. `name` is one component from a listing (no `/`)
+                // and the l- call does not follow a symlink there, so this stays inside
+                // the directory.
+                if name.contains('/') || name == ".." {
+                    return None;
+                }
+                let path =
+                    CString::new(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd())).ok()?;
+                // SAFETY: NUL-terminated path and name, a buffer of its length.
+                unsafe {
+                    libc::lgetxattr(
+                        path.as_ptr(),
+                        XATTR.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                }
+            }
+        };
+        let n = usize::try_from(n).ok()?;
+        serde_json::from_slice(&buf[..n]).ok()
     }
 }

@@ -79,7 +79,7 @@ impl Shared {
     pub fn new(config: ServerConfig, root: DataRoot) -> Self {
         Shared {
             users: UserStore::new(root.clone()),
-            hashes: HashStore::new(root.clone()),
+            hashes: HashStore::new(root.clone(), config.hash_records),
             quota: QuotaBook::default(),
             uploads: Mutex::new(Uploads::default()),
             login_permits: tokio::sync::Semaphore::new(

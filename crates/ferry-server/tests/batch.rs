@@ -280,3 +280,48 @@ async fn a_put_with_its_hash_after_the_body_ends_a_run_and_the_run_goes_on() {
     assert_eq!(partials(&srv), 0);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_of_puts_answers_as_if_one_by_one() {
+    // Long runs of puts to distinct paths are split between two threads; a run that puts
+    // one path twice is not, so the second put still finds the first one's file.
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    c.mkdir("/p").await;
+    for twice in [false, true] {
+        let dir = if twice { "/p/twice" } else { "/p/once" };
+        c.mkdir(dir).await;
+        let mut burst = Burst {
+            next_id: 1000 * (1 + twice as u64),
+            ..Default::default()
+        };
+        let bodies: Vec<Vec<u8>> = (0..64).map(|i| data(100 + i, 3000)).collect();
+        let mut ids = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            let name = if twice && i == 50 { 7 } else { i };
+            ids.push(burst.add(put(&format!("{dir}/f{name}"), b, blake3(b), 0), b));
+        }
+        c.write_raw(&burst.buf).await;
+        for (i, id) in ids.into_iter().enumerate() {
+            let (f, _) = c.recv().await;
+            assert_eq!(f.id, id, "replies come in request order");
+            match f.result {
+                Err(e) if twice && i == 50 => assert_eq!(e.code, ErrorCode::AlreadyExists),
+                Ok(Reply::Put { size, .. }) => assert_eq!(size, 3000),
+                other => panic!("put {i} to {dir}: {other:?}"),
+            }
+        }
+        let home = srv.home("alice").join(&dir[1..]);
+        for (i, b) in bodies.iter().enumerate() {
+            if twice && i == 50 {
+                continue;
+            }
+            assert!(
+                std::fs::read(home.join(format!("f{i}"))).unwrap() == *b,
+                "{dir}/f{i}"
+            );
+        }
+    }
+    assert_eq!(partials(&srv), 0);
+    srv.stop().await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::*;
 use ferry_proto::{Digest, ErrorCode, HashAlgo, Reply, Request};
 use ferry_server::DataRoot;
+use ferry_server::hashes::RecordsIn;
 
 fn put_req(path: &str, data: &[u8], offset: u64) -> Request {
     Request::Put {
@@ -542,7 +543,9 @@ async fn a_fresh_measurement_is_reused_by_the_next_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_records_go_with_their_files() {
-    let srv = TestServer::start().await;
+    // Record files (tests/hash_records.rs has the attribute form, which goes with its file
+    // by itself).
+    let srv = TestServer::start_with(|c| c.hash_records = RecordsIn::Files).await;
     let records = || {
         std::fs::read_dir(srv.data_root().hashes_dir("alice"))
             .unwrap()

@@ -56,10 +56,57 @@ pub enum Done {
     Put(u64, Result<Reply, OpError>),
 }
 
-/// Blocking: runs the items in order.
-pub fn run(u: &UserFs, items: Vec<Item>) -> Vec<Done> {
-    let mut budget = MAX_BYTES.saturating_sub(items.iter().map(Item::held).sum());
+/// A run of at least this many puts is split between two threads (see [`run`]).
+const SPLIT_AT: usize = 16;
+
+/// Blocking: runs the items, answering in order.
+///
+/// A run of puts only, all to different paths, is split in two halves that run at once on
+/// two threads: they touch different files, so the outcome is the one of running them one
+/// by one, and a profile of 2,000 pipelined 4 KiB puts showed the server's blocking thread
+/// as the one busy core of the transfer (the file system calls of a put cost ~20 µs, mostly
+/// in the kernel). A run with a get, or two puts to one path, runs in order on this thread.
+pub fn run(u: &UserFs, mut items: Vec<Item>) -> Vec<Done> {
+    if items.len() >= SPLIT_AT && independent_puts(&items) {
+        // Each half gets the whole budget: puts read nothing into memory.
+        let budget = MAX_BYTES;
+        // Behind a lock so that, if no thread can be had, this thread takes the half back.
+        let second = std::sync::Mutex::new(Some(items.split_off(items.len() / 2)));
+        let take_second = || second.lock().unwrap().take().unwrap_or_default();
+        return std::thread::scope(|scope| {
+            let other = std::thread::Builder::new()
+                .name("ferry-puts".into())
+                .spawn_scoped(scope, || run_in_order(u, take_second(), budget));
+            let mut done = run_in_order(u, items, budget);
+            match other {
+                Ok(other) => match other.join() {
+                    Ok(rest) => done.extend(rest),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                Err(_) => done.extend(run_in_order(u, take_second(), budget)),
+            }
+            done
+        });
+    }
+    let budget = MAX_BYTES.saturating_sub(items.iter().map(Item::held).sum());
+    run_in_order(u, items, budget)
+}
+
+/// Whether the items are all puts, each to another path (or to no valid path at all).
+fn independent_puts(items: &[Item]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.iter().all(|item| match item {
+        Item::Put { target: Ok(t), .. } => seen.insert(t),
+        Item::Put { target: Err(_), .. } => true,
+        Item::Get { .. } => false,
+    })
+}
+
+/// Runs the items in order; `budget` is how many body bytes the gets may still read into
+/// memory.
+fn run_in_order(u: &UserFs, items: Vec<Item>, mut budget: u64) -> Vec<Done> {
     let mut puts = put::SmallPuts::default();
+    let mut gets = get::Gets::default();
     let done = items
         .into_iter()
         .map(|item| match item {
@@ -72,7 +119,7 @@ pub fn run(u: &UserFs, items: Vec<Item>) -> Vec<Done> {
                 id,
                 target
                     .map_err(OpError::from)
-                    .and_then(|t| get::open(u, &t, offset, algo, &mut budget)),
+                    .and_then(|t| get::open(u, &mut gets, &t, offset, algo, &mut budget)),
             ),
             Item::Put {
                 id,

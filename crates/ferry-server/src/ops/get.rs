@@ -3,8 +3,11 @@
 //! write as its neighbours in a batch), or the open file for `sendfile`. The file stays open,
 //! so a concurrent upload that replaces it (by rename) cannot change the bytes we send.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
+
+use cap_std::fs::OpenOptionsExt as _;
+use cap_std::fs::{Dir, OpenOptions};
 
 use ferry_proto::{ErrorCode, HashAlgo, Reply};
 
@@ -35,17 +38,61 @@ pub struct Ready {
     pub len: u64,
 }
 
+/// What the gets of one run (ops/batch.rs) share: the parent directory opened last, so that
+/// a file in it costs its own calls only (stat, open, fstat, read, close) rather than also
+/// a confined walk to its parent for the type check. Runs of gets usually come one
+/// directory at a time (`get -r`).
+#[derive(Default)]
+pub struct Gets {
+    parent: Option<(VPath, Dir)>,
+}
+
+impl Gets {
+    /// The target opened for reading and its metadata: through the cached parent when the
+    /// entry there is a regular file, else by the general confined path (symlinks, errors).
+    fn open(&mut self, u: &UserFs, target: &VPath) -> Result<(File, Metadata), OpError> {
+        if let Some(opened) = self.open_in_parent(u, target) {
+            return Ok(opened);
+        }
+        let file = open_regular(&u.home, target)?;
+        let meta = file.metadata().map_err(|e| OpError::io(target, e))?;
+        Ok((file, meta))
+    }
+
+    fn open_in_parent(&mut self, u: &UserFs, target: &VPath) -> Option<(File, Metadata)> {
+        let (parent, name) = (target.parent()?, target.name()?);
+        if self.parent.as_ref().is_none_or(|(p, _)| *p != parent) {
+            self.parent = None;
+            let dir = u.home.dir().open_dir(parent.rel()).ok()?;
+            self.parent = Some((parent, dir));
+        }
+        let (_, dir) = self.parent.as_ref()?;
+        // Not following a symlink here: only a regular file (not a device, fifo or socket,
+        // which must not be opened) takes this path.
+        if !dir.symlink_metadata(name).ok()?.is_file() {
+            return None;
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+        let file = dir.open_with(name, &opts).ok()?.into_std();
+        // Replaced between the check and the open: the general path says what it is now.
+        let meta = file.metadata().ok().filter(Metadata::is_file)?;
+        Some((file, meta))
+    }
+}
+
 /// Blocking. `inline_budget` is how many body bytes the caller still accepts in memory; a
 /// body read inline is taken from it.
 pub fn open(
     u: &UserFs,
+    run: &mut Gets,
     target: &VPath,
     offset: u64,
     algo: Option<HashAlgo>,
     inline_budget: &mut u64,
 ) -> Result<Ready, OpError> {
-    let file = open_regular(&u.home, target)?;
-    let meta = file.metadata().map_err(|e| OpError::io(target, e))?;
+    let (file, meta) = run.open(u, target)?;
     if offset > meta.len() {
         return Err(OpError::new(
             ErrorCode::BadRequest,

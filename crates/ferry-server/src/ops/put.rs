@@ -227,7 +227,7 @@ pub fn put_small(
     if digests[0] != *hash {
         return Err(mismatch(target, &digests[0], hash));
     }
-    let (file, held) = open_partial(&u.partials, &pname, 0)?;
+    let (file, held) = create_partial(&u.partials, &pname)?;
     // A partial of an earlier, interrupted upload of this identity was just emptied.
     u.usage.adjust(-(held as i64), 0);
     let discard = |e: OpError| {
@@ -782,6 +782,19 @@ fn open_partial(partials: &Dir, pn: &str, offset: u64) -> Result<(File, u64), Op
     Ok((file, held))
 }
 
+/// Opens an empty partial for a whole upload: usually a new file (no stat needed to learn
+/// that it holds nothing), else the leftover of an interrupted upload, emptied. Returns it and
+/// the bytes it held before.
+fn create_partial(partials: &Dir, pn: &str) -> Result<(File, u64), OpError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    match partials.open_with(pn, &opts) {
+        Ok(f) => Ok((f.into_std(), 0)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_partial(partials, pn, 0),
+        Err(e) => Err(OpError::Internal(format!("partial {pn}: {e}"))),
+    }
+}
+
 fn mismatch(target: &VPath, actual: &Digest, declared: &Digest) -> OpError {
     OpError::new(
         ErrorCode::ChecksumMismatch,
@@ -822,12 +835,18 @@ fn place(
     } else {
         None
     };
-    rename_at(partials, pn, pdir, fname, !overwrite).map_err(|e| OpError::io(t, e))?;
+    // The record goes on the file before it is in place (a rename changes neither its
+    // size nor its mtime), so no file appears without it.
     let stamp = FileStamp::of(&file.metadata().map_err(internal)?);
+    shared.hashes.record_new(user, file, &stamp, digests);
+    rename_at(partials, pn, pdir, fname, !overwrite).map_err(|e| {
+        // The partial is about to go, and its inode number may be reused.
+        shared.hashes.forget(user, stamp.ino);
+        OpError::io(t, e)
+    })?;
     if let Some(old) = old.as_ref().filter(|m| m.is_file() && m.nlink() == 1) {
         shared.hashes.forget(user, old.ino());
     }
-    shared.hashes.record_new(user, &stamp, digests);
     Ok(old.filter(|m| m.is_file()).map(|m| m.len()))
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ferry_proto::{ErrorCode, HashAlgo, Reply};
 
+use super::ls::known_of_path;
 use super::{OpError, blocking};
-use crate::hashes::FileStamp;
 use crate::home::entry_of;
 use crate::session::{Session, open_regular};
 
@@ -22,12 +22,7 @@ pub async fn run(s: &Session, path: &str, algo: Option<HashAlgo>) -> Result<Repl
             .metadata(target.rel())
             .map_err(|e| OpError::io(&target, e))?;
         let hash = match algo {
-            None if meta.is_file() => {
-                shared
-                    .hashes
-                    .known(&name, &FileStamp::of_cap(&meta), HashAlgo::Blake3)
-            }
-            None => None,
+            None => known_of_path(&shared.hashes, &name, &home, &target, &meta),
             Some(_) if meta.is_dir() => {
                 return Err(OpError::new(
                     ErrorCode::IsADirectory,

@@ -24,7 +24,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub root: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    pub handle: Option<JoinHandle<Result<(), ferry_server::ServerError>>>,
+    pub handle: Option<Running>,
 }
 
 impl TestServer {
@@ -40,19 +40,27 @@ impl TestServer {
         add_user(&r, "bob", "bob-pw", u64::MAX, u64::MAX);
         let mut config = ServerConfig::new(&root);
         tune(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(ferry_server::run(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let (addr, stop, handle) = launch(config).await;
         TestServer {
             addr,
             dir,
             root,
-            stop: Some(tx),
+            stop: Some(stop),
             handle: Some(handle),
         }
+    }
+
+    /// Stops the server and starts a new one (nothing cached in memory) on the same data
+    /// root, at a new address.
+    pub async fn restart_with(mut self, tune: impl FnOnce(&mut ServerConfig)) -> Self {
+        self.stop_run().await;
+        let mut config = ServerConfig::new(&self.root);
+        tune(&mut config);
+        let (addr, stop, handle) = launch(config).await;
+        self.addr = addr;
+        self.stop = Some(stop);
+        self.handle = Some(handle);
+        self
     }
 
     pub fn data_root(&self) -> DataRoot {
@@ -75,6 +83,10 @@ impl TestServer {
 
     /// Signals shutdown and waits for `run` to return.
     pub async fn stop(mut self) {
+        self.stop_run().await;
+    }
+
+    async fn stop_run(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -91,6 +103,19 @@ impl TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+type Running = JoinHandle<Result<(), ferry_server::ServerError>>;
+
+/// `ferry_server::run` on a fresh loopback port: its address, its stop signal, its task.
+async fn launch(config: ServerConfig) -> (SocketAddr, oneshot::Sender<()>, Running) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(ferry_server::run(listener, config, async move {
+        let _ = rx.await;
+    }));
+    (addr, tx, handle)
 }
 
 /// Adds a user with cheap argon2id parameters (the hash format is the real one).

@@ -53,6 +53,11 @@ pub struct Args {
     /// all) or until the user's password changes. 0 turns tokens off.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub session_ttl: Duration,
+    /// Where the hash of record of each file is kept: `xattr` puts it on the file itself
+    /// (the `user.ferry.hash` extended attribute; record files where the file system has no
+    /// such attributes), `files` keeps it only in record files under the data root.
+    #[arg(long, value_enum, default_value = "xattr")]
+    pub hash_records: HashRecords,
     /// Serve plain TCP instead of TLS (for the course's Python client); loopback only unless
     /// --allow-plain-remote.
     #[arg(long, env = "FERRY_PLAIN", value_parser = clap::builder::BoolishValueParser::new())]
@@ -67,6 +72,12 @@ pub struct Args {
     /// Private key (PEM) for --cert.
     #[arg(long, value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HashRecords {
+    Xattr,
+    Files,
 }
 
 /// Seconds, or a number with an `s`, `m`, `h` or `d` suffix.
@@ -118,6 +129,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.throttle.lockout_after = args.lockout_after.max(1);
     config.throttle.lockout = args.lockout_time;
     config.tokens.ttl = args.session_ttl;
+    config.hash_records = match args.hash_records {
+        HashRecords::Xattr => ferry_server::hashes::RecordsIn::Xattr,
+        HashRecords::Files => ferry_server::hashes::RecordsIn::Files,
+    };
     if !args.plain {
         let tls = ferry_server::tls::load_or_create(
             &args.root.join("tls"),
