@@ -39,7 +39,9 @@
 //!                                      put that sends its hash after the body, whose final
 //!                                      check discards a prefix of another version
 //! <root>/state/hashes/<user>/<ino>.json  hash of record for the file with that inode, valid
-//!                                      while its size and mtime (ns) still match
+//!                                      while its size and mtime (ns) still match — only
+//!                                      where a file cannot carry it in its
+//!                                      `user.ferry.hash` attribute (`hashes`)
 //! <root>/state/tmp/                    temporaries for atomic rewrites
 //! <root>/tls/cert.pem, key.pem         the server's own certificate (key mode 0600)
 //! ```
