@@ -304,6 +304,16 @@ impl Conn {
         }
     }
 
+    /// Reads whatever the peer has sent into the buffer: the byte count, 0 at the end of the
+    /// stream. No timeout: for gathering the next batch run while one runs, raced against it
+    /// (so it must stay cancel-safe, as `read_buf` is).
+    pub async fn read_ahead(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.io_buffer / 4 {
+            self.rbuf.reserve(self.io_buffer);
+        }
+        self.stream.read_buf(&mut self.rbuf).await
+    }
+
     /// The whole body of the current request if all of it is buffered already.
     pub fn buffered_body(&mut self) -> Result<Option<Bytes>, ConnError> {
         let want = self.decoder.body_remaining();

@@ -44,6 +44,44 @@ impl Pending {
     }
 }
 
+/// Requests gathered for one batch run (ops/batch.rs), and what stopped the gathering.
+#[derive(Default)]
+struct Run {
+    items: Vec<batch::Item>,
+    /// Body bytes the items hold.
+    held: u64,
+    /// The request that stopped the run, to handle after it.
+    next: Option<Pending>,
+    /// A frame error behind the run: it ends the connection, but only after the requests
+    /// before it were done and answered, as if they had run one by one.
+    fatal: Option<ConnError>,
+}
+
+impl Run {
+    fn push(&mut self, item: batch::Item) {
+        self.held += item.held();
+        self.items.push(item);
+    }
+
+    /// Whether more requests may join.
+    fn is_open(&self) -> bool {
+        self.next.is_none()
+            && self.fatal.is_none()
+            && self.items.len() < batch::MAX_ITEMS
+            && self.held < batch::MAX_BYTES
+    }
+
+    /// Stops gathering; a request whose body is not whole yet is handled after the run.
+    fn stop_at(&mut self, waiting: Option<RequestFrame>) {
+        if let Some(frame) = waiting {
+            self.next = Some(Pending {
+                parsed: Ok(frame),
+                deferred_put: false,
+            });
+        }
+    }
+}
+
 /// Replies queued past this are written out after a batch, so a long pipelined run of
 /// downloads does not pile up in memory.
 const FLUSH_AT: usize = 256 * 1024;
@@ -276,8 +314,10 @@ impl Session {
 
     /// Runs `first` (a batchable request) together with the batchable requests already
     /// buffered behind it, in one trip to the blocking pool, and queues their replies in
-    /// order. Returns the request that stopped the run, read but not yet handled (its body,
-    /// if any, still unread).
+    /// order. While a run is on the blocking pool, the connection reads and parses the
+    /// requests that follow into the next run, which starts as soon as this one is answered
+    /// (runs stay in order: only the parsing overlaps). Returns the request that stopped the
+    /// runs, read but not yet handled (its body, if any, still unread).
     pub async fn handle_batch(
         &mut self,
         first: RequestFrame,
@@ -285,73 +325,149 @@ impl Session {
         limits: &Limits,
     ) -> Result<Option<Pending>, ConnError> {
         let body = conn.whole_body().await?;
-        let mut held = body.len() as u64;
-        let mut items = vec![self.batch_item(first, body)];
-        let mut next = None;
-        // A frame error behind the run ends the connection, but only after the requests
-        // before it were done and answered, as if they had run one by one.
-        let mut fatal = None;
-        while items.len() < batch::MAX_ITEMS && held < batch::MAX_BYTES {
+        let mut run = Run::default();
+        run.push(self.batch_item(first, body));
+        self.gather_buffered(&mut run, conn, limits);
+        loop {
+            let user = self.user_fs().expect("batches run logged in");
+            let items = std::mem::take(&mut run.items);
+            let mut job = tokio::task::spawn_blocking(move || batch::run(&user, items));
+            let mut following = Run::default();
+            // Gather the next run unless something already stopped this one (a full run
+            // stopped nothing).
+            let done = if run.next.is_none() && run.fatal.is_none() {
+                self.gather_while(&mut following, conn, limits, &mut job)
+                    .await
+            } else {
+                job.await
+            }
+            .map_err(|e| std::io::Error::other(format!("batch failed: {e}")))?;
+            for d in done {
+                match d {
+                    batch::Done::Put(id, Ok(reply)) => {
+                        conn.queue(&ReplyFrame::ok(id, reply));
+                    }
+                    batch::Done::Get(id, Ok(ready)) => {
+                        if conn.queue(&ReplyFrame::ok(id, ready.reply)) {
+                            match ready.body {
+                                Body::Inline(bytes) => conn.queue_body(&bytes),
+                                Body::File(file) => {
+                                    conn.send_file(&file, ready.offset, ready.len).await?
+                                }
+                            }
+                        }
+                    }
+                    batch::Done::Put(id, Err(e)) | batch::Done::Get(id, Err(e)) => {
+                        conn.queue(&ReplyFrame::err(id, e.into_wire()));
+                    }
+                }
+            }
+            if let Some(e) = run.fatal {
+                return Err(e);
+            }
+            if conn.queued() >= FLUSH_AT {
+                conn.flush().await?;
+            }
+            if run.next.is_some() || following.items.is_empty() {
+                // A frame error right behind the run: as if the run had stopped there.
+                if let (None, Some(e)) = (&run.next, following.fatal) {
+                    return Err(e);
+                }
+                return Ok(run.next.or(following.next));
+            }
+            run = following;
+        }
+    }
+
+    /// Adds the batchable requests already buffered to `run`, until it is full or a request
+    /// that is not batchable (or not whole yet) stops it. Never reads from the socket.
+    fn gather_buffered(&self, run: &mut Run, conn: &mut Conn, limits: &Limits) {
+        while run.is_open() {
             let header = match conn.buffered_header() {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
-                    fatal = Some(e);
+                    run.fatal = Some(e);
                     break;
                 }
             };
             let frame = match Pending::of(header, limits) {
                 Pending { parsed: Ok(f), .. } if self.batchable(&f) => f,
                 other => {
-                    next = Some(other);
+                    run.next = Some(other);
                     break;
                 }
             };
-            match conn.buffered_body()? {
-                Some(body) => {
-                    held += body.len() as u64;
-                    items.push(self.batch_item(frame, body));
-                }
-                None => {
-                    next = Some(Pending {
+            match conn.buffered_body() {
+                Ok(Some(body)) => run.push(self.batch_item(frame, body)),
+                Ok(None) => {
+                    run.next = Some(Pending {
                         parsed: Ok(frame),
                         deferred_put: false,
                     });
-                    break;
                 }
+                Err(e) => run.fatal = Some(e),
             }
         }
-        let user = self.user_fs().expect("batches run logged in");
-        let done = tokio::task::spawn_blocking(move || batch::run(&user, items))
-            .await
-            .map_err(|e| std::io::Error::other(format!("batch failed: {e}")))?;
-        for d in done {
-            match d {
-                batch::Done::Put(id, Ok(reply)) => {
-                    conn.queue(&ReplyFrame::ok(id, reply));
+    }
+
+    /// Until `job` (the current run) is done: reads what the peer sends and gathers it into
+    /// `run`, the next one. Returns the job's outcome. Reads only while the job runs, so it
+    /// needs no timeout of its own; a request whose body is still arriving when the job ends
+    /// stops `run` and is handled as usual after it.
+    async fn gather_while(
+        &self,
+        run: &mut Run,
+        conn: &mut Conn,
+        limits: &Limits,
+        job: &mut tokio::task::JoinHandle<Vec<batch::Done>>,
+    ) -> Result<Vec<batch::Done>, tokio::task::JoinError> {
+        let mut waiting: Option<RequestFrame> = None;
+        loop {
+            if let Some(frame) = waiting.take() {
+                match conn.buffered_body() {
+                    Ok(Some(body)) => run.push(self.batch_item(frame, body)),
+                    Ok(None) => waiting = Some(frame),
+                    Err(e) => run.fatal = Some(e),
                 }
-                batch::Done::Get(id, Ok(ready)) => {
-                    if conn.queue(&ReplyFrame::ok(id, ready.reply)) {
-                        match ready.body {
-                            Body::Inline(bytes) => conn.queue_body(&bytes),
-                            Body::File(file) => {
-                                conn.send_file(&file, ready.offset, ready.len).await?
-                            }
+            }
+            while waiting.is_none() && run.is_open() {
+                let header = match conn.buffered_header() {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => {
+                        run.fatal = Some(e);
+                        break;
+                    }
+                };
+                match Pending::of(header, limits) {
+                    Pending { parsed: Ok(f), .. } if self.batchable(&f) => {
+                        match conn.buffered_body() {
+                            Ok(Some(body)) => run.push(self.batch_item(f, body)),
+                            Ok(None) => waiting = Some(f),
+                            Err(e) => run.fatal = Some(e),
                         }
                     }
-                }
-                batch::Done::Put(id, Err(e)) | batch::Done::Get(id, Err(e)) => {
-                    conn.queue(&ReplyFrame::err(id, e.into_wire()));
+                    other => run.next = Some(other),
                 }
             }
+            if waiting.is_none() && !run.is_open() {
+                return job.await;
+            }
+            let more = tokio::select! {
+                biased;
+                done = &mut *job => {
+                    run.stop_at(waiting);
+                    return done;
+                }
+                n = conn.read_ahead() => n,
+            };
+            if !matches!(more, Ok(n) if n > 0) {
+                // End of stream or a failed socket: the usual path meets it after the run.
+                run.stop_at(waiting);
+                return job.await;
+            }
         }
-        if let Some(e) = fatal {
-            return Err(e);
-        }
-        if conn.queued() >= FLUSH_AT {
-            conn.flush().await?;
-        }
-        Ok(next)
     }
 
     /// Handles one request, queueing its reply (and sending its body, for `get`). A body the

@@ -325,3 +325,68 @@ async fn a_long_run_of_puts_answers_as_if_one_by_one() {
     assert_eq!(partials(&srv), 0);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_while_a_run_works_are_answered_in_order() {
+    // The server gathers the next run while one is on the blocking pool: requests that
+    // arrive in pieces during it (a body cut in two, a request that is not batched, then a
+    // frame error) are each answered in order, and the error only after all before it.
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    c.mkdir("/w").await;
+    let mut burst = Burst {
+        next_id: 300,
+        ..Default::default()
+    };
+    let bodies: Vec<Vec<u8>> = (0..600).map(|i| data(900 + i, 3000 + i as usize)).collect();
+    let mut ids = Vec::new();
+    for (i, b) in bodies.iter().enumerate() {
+        ids.push(burst.add(put(&format!("/w/f{i}"), b, blake3(b), 0), b));
+        if i == 450 {
+            let ls = burst.add(
+                Request::Ls {
+                    path: Some("/w".into()),
+                },
+                &[],
+            );
+            ids.push(ls);
+        }
+    }
+    let last_get = burst.add(get("/w/f599"), &[]);
+    let mut bytes = burst.buf.to_vec();
+    // A length prefix of 0 is a fatal frame error.
+    bytes.extend_from_slice(&0u32.to_be_bytes());
+    // In pieces of 64 KiB (cutting headers and bodies anywhere), each a moment apart.
+    for piece in bytes.chunks(64 * 1024) {
+        c.write_raw(piece).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut put_index = 0;
+    for id in ids {
+        let (f, _) = c.recv().await;
+        assert_eq!(f.id, id, "replies come in request order");
+        match f.result {
+            Ok(Reply::Put { size, .. }) => {
+                assert_eq!(size, bodies[put_index].len() as u64);
+                put_index += 1;
+            }
+            Ok(Reply::Ls { entries, .. }) => {
+                assert_eq!(put_index, 451, "ls sees the puts before it, none after");
+                assert_eq!(entries.len(), 451);
+            }
+            other => panic!("id {id}: {other:?}"),
+        }
+    }
+    let (f, body) = c.recv().await;
+    assert_eq!(f.id, last_get);
+    assert!(body == bodies[599]);
+    let (f, _) = c.recv().await;
+    assert_eq!(f.id, 0, "the frame error, last");
+    assert_eq!(f.result.unwrap_err().code, ErrorCode::BadRequest);
+    c.expect_closed().await;
+    for (i, b) in bodies.iter().enumerate() {
+        assert!(std::fs::read(srv.home("alice").join(format!("w/f{i}"))).unwrap() == *b);
+    }
+    assert_eq!(partials(&srv), 0);
+    srv.stop().await;
+}
