@@ -1258,3 +1258,89 @@ fn recursive_put_sends_what_files_hold_when_read_not_when_listed() {
     }
     assert!(!home.join("tree/vanishes.txt").exists());
 }
+
+/// `get` of many named files reads the target directory once (as `get -r` does for each
+/// directory): names already there are refused until `--force`, and an interrupted download
+/// among them is resumed.
+#[test]
+fn get_of_many_named_files_refuses_present_ones_and_resumes_a_partial() {
+    let srv = Server::start(&["olga"]);
+    let home = srv.home("olga");
+    let big = bytes(50, 8 * 1024 * 1024);
+    write(&home.join("big.bin"), &big);
+    let mut names = vec!["big.bin".to_owned()];
+    for i in 0..11u64 {
+        let name = format!("f{i:02}.txt");
+        write(&home.join(&name), &bytes(60 + i, 100 * i as usize));
+        names.push(name);
+    }
+    let dst = tempfile::tempdir().unwrap();
+    write(&dst.path().join("f03.txt"), b"local 3");
+    write(&dst.path().join("f07.txt"), b"local 7");
+
+    // Interrupted while the big file, asked for first, is still arriving.
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let partial = dst.path().join("big.bin.ferry-part");
+    let mut child = srv
+        .ferry_at(&proxy.addr.to_string(), "olga")
+        .args(["get", "-q"])
+        .args(&names)
+        .arg(dst.path())
+        .spawn()
+        .unwrap();
+    wait_until(30, "a partial download", || {
+        fs::metadata(&partial).is_ok_and(|m| m.len() > 1024 * 1024)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let held = fs::metadata(&partial).unwrap().len();
+    assert!(
+        held < big.len() as u64,
+        "the kill came too late to test resume"
+    );
+
+    let out = run(srv
+        .ferry("olga")
+        .args(["get", "--json"])
+        .args(&names)
+        .arg(dst.path()));
+    assert_eq!(out.status.code(), Some(1), "a local failure");
+    let report = report_of(&out);
+    assert_eq!(report["downloaded"], 10, "{report}");
+    let failed = failures(&report);
+    assert_eq!(
+        failed.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["f03.txt", "f07.txt"],
+        "{report}"
+    );
+    assert!(
+        failed.iter().all(|(_, m)| m.contains("exists")),
+        "{failed:?}"
+    );
+    let entry = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["remote"] == "big.bin")
+        .unwrap_or_else(|| panic!("big.bin in {report}"));
+    assert!(entry["resumed_from"].as_u64().unwrap() >= held, "{report}");
+    assert_eq!(fs::read(dst.path().join("big.bin")).unwrap(), big);
+    assert_eq!(fs::read(dst.path().join("f03.txt")).unwrap(), b"local 3");
+    assert_eq!(fs::read(dst.path().join("f07.txt")).unwrap(), b"local 7");
+
+    let out = json(
+        srv.ferry("olga")
+            .args(["get", "--json", "--force"])
+            .args(&names)
+            .arg(dst.path()),
+    );
+    assert_eq!(out["downloaded"], 12, "{out}");
+    for name in &names {
+        assert_eq!(
+            fs::read(dst.path().join(name)).unwrap(),
+            fs::read(home.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(names_in(dst.path()), names, "no partials left");
+}

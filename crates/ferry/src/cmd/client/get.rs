@@ -74,6 +74,19 @@ impl Present {
         Ok(Present { names })
     }
 
+    /// The names in `dir`, unless it holds more than `limit`: then `None`, and the caller
+    /// looks file by file, which costs less than reading a huge directory for a few files.
+    fn read_at_most(dir: &Path, limit: usize) -> Option<Present> {
+        let mut names = HashSet::new();
+        for entry in std::fs::read_dir(dir).ok()? {
+            if names.len() == limit {
+                return None;
+            }
+            names.insert(entry.ok()?.file_name());
+        }
+        Some(Present { names })
+    }
+
     fn has(&self, name: &str) -> bool {
         !self.names.is_empty() && self.names.contains(std::ffi::OsStr::new(name))
     }
@@ -83,6 +96,10 @@ impl Present {
         !self.names.is_empty() && self.has(&format!("{name}{PARTIAL_META_SUFFIX}"))
     }
 }
+
+/// From this many named files on, `get` reads the local directory once instead of looking
+/// for each file (two system calls each); below it, reading could cost more than it saves.
+const NAMED_FILES_TO_READ_DIR: usize = 8;
 
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     block_on(run(args))
@@ -226,6 +243,18 @@ pub async fn get_paths(
                 &mut report,
             ),
             Err(e) => fail(remote, e, &mut report),
+        }
+    }
+    // Many named files, all going straight into `local_dir`: read it once, as for a tree,
+    // rather than look twice for each file, unless it is far larger than the download.
+    if items.len() >= NAMED_FILES_TO_READ_DIR {
+        if let Some(present) = Present::read_at_most(local_dir, 4 * items.len() + 64) {
+            for (item, taken) in items.iter_mut().zip(taken.iter_mut()) {
+                if let Some(name) = item.local.file_name().and_then(|n| n.to_str()) {
+                    *taken = Some(present.has(name));
+                    item.no_partial_record = !present.has_partial_record(name);
+                }
+            }
         }
     }
     // Walk remote directories level by level, one pipelined round of `ls` per level.
