@@ -30,6 +30,6 @@ pub use error::{ClientError, Result};
 pub use progress::{NoProgress, Progress};
 pub use tls::{TlsMode, Trust};
 pub use transfer::{
-    GetItem, GetOptions, GetOutcome, LARGE_FILE, PARTIAL_SUFFIX, PutItem, PutOptions, PutOutcome,
-    hash_file,
+    GetItem, GetOptions, GetOutcome, LARGE_FILE, PARTIAL_META_SUFFIX, PARTIAL_SUFFIX, PutItem,
+    PutOptions, PutOutcome, hash_file,
 };

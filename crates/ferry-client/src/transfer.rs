@@ -25,13 +25,18 @@ pub const LARGE_FILE: u64 = 1 << 20;
 /// Suffix of a download in progress, beside its final name.
 pub const PARTIAL_SUFFIX: &str = ".ferry-part";
 /// Suffix of the record that says which remote file a partial download belongs to.
-const PARTIAL_META_SUFFIX: &str = ".ferry-part.json";
+pub const PARTIAL_META_SUFFIX: &str = ".ferry-part.json";
 
 #[derive(Debug, Clone)]
 pub struct PutItem {
     pub local: PathBuf,
     /// Remote path of the file (not of its directory).
     pub remote: String,
+    /// The size the caller saw when it listed the file, if it did. A file listed smaller
+    /// than [`LARGE_FILE`] is not looked at again before its upload, which opens and stats it
+    /// anyway (a stat per file saved); should it have grown since, it is still sent whole,
+    /// as a small file.
+    pub listed_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,12 +61,20 @@ pub struct GetItem {
     pub remote: String,
     /// Local path of the file (not of its directory).
     pub local: PathBuf,
+    /// The caller read the local directory just before and saw no partial-download record
+    /// beside `local`, so none is looked for: with many small files that failed lookup was
+    /// one system call per file. `false` looks, as always.
+    pub no_partial_record: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct GetOptions {
     /// Continue an interrupted download from its local partial.
     pub resume: bool,
+    /// Replace a local file already under the final name. Without it the verified download
+    /// takes its name only if that is still free when it is renamed into place, so a file
+    /// that appeared since the caller checked is not clobbered either.
+    pub overwrite: bool,
     /// Ask the server for the hash in this algorithm instead of its hash of record.
     pub algo: Option<HashAlgo>,
 }
@@ -262,6 +275,10 @@ impl Client {
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(items.len());
         let mut asks = Vec::new();
         for (index, item) in items.iter().enumerate() {
+            if item.listed_size.is_some_and(|n| n < LARGE_FILE) {
+                prepared.push(None);
+                continue;
+            }
             let (size, mtime) = match fs::metadata(&item.local) {
                 Ok(m) if m.is_file() && m.len() >= LARGE_FILE => (m.len(), mtime_secs(&m)),
                 _ => {
@@ -363,7 +380,9 @@ impl Client {
         let send = async {
             for (index, item) in items.iter().enumerate() {
                 let id = first_id + index as u64;
-                let held = if opts.resume {
+                let held = if item.no_partial_record {
+                    Leftover::Nothing
+                } else if opts.resume {
                     PartialMeta::load(&item.local, &item.remote)
                 } else {
                     Leftover::Unknown
@@ -432,13 +451,15 @@ impl Client {
                 let local_error = sink.receive(&mut reader, &mut scratch, progress).await?;
                 let outcome = match local_error {
                     Some(e) => Err(e),
-                    None => sink.finish(&item.remote, mtime).map(|hash| GetOutcome {
-                        remote: item.remote.clone(),
-                        local: item.local.clone(),
-                        size,
-                        hash,
-                        resumed_from: offset,
-                    }),
+                    None => sink
+                        .finish(&item.remote, mtime, opts.overwrite)
+                        .map(|hash| GetOutcome {
+                            remote: item.remote.clone(),
+                            local: item.local.clone(),
+                            size,
+                            hash,
+                            resumed_from: offset,
+                        }),
                 };
                 progress.finish_file(&item.remote, outcome.is_ok());
                 results.push(outcome.map_err(Retry::Failed));
@@ -462,8 +483,12 @@ async fn send_one_put(
     progress: &dyn Progress,
 ) -> Result<u64> {
     let local = |e| ClientError::io(item.local.display().to_string(), e);
-    let mut file = File::open(&item.local).map_err(local)?;
-    let meta = file.metadata().map_err(local)?;
+    // Before this item's header is queued, nothing of it is on the wire: a file that went
+    // away or cannot be read since it was listed fails alone, and the other files still go.
+    // (As an I/O error it used to end the whole transfer, as a network failure.)
+    let unreadable = |e| ClientError::Local(format!("{}: {e}", item.local.display()));
+    let mut file = File::open(&item.local).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
     if !meta.is_file() {
         return Err(ClientError::Local(format!(
             "{}: not a regular file",
@@ -516,8 +541,7 @@ async fn send_one_put(
         ))),
         None => {
             // A small file: one read into memory serves both the hash and the body.
-            let mut data = Vec::with_capacity(meta.len() as usize);
-            file.read_to_end(&mut data).map_err(local)?;
+            let data = read_small(&mut file, meta.len()).map_err(unreadable)?;
             let hash = Digest::of(HashAlgo::Blake3, &data);
             let size = data.len() as u64;
             let frame = RequestFrame {
@@ -656,6 +680,63 @@ fn spawn_hash(file: File) -> tokio::sync::oneshot::Receiver<std::io::Result<Dige
     // If no thread can be made, `tx` is dropped with the closure: the receiver reports it.
     drop(spawned);
     rx
+}
+
+/// Reads all of a small file that fstat said holds `len` bytes, with one read(2) when it
+/// still does: the read asks for a byte more than that, so getting exactly `len` is the end
+/// of the file, with no second read to find it (`read_to_end` made an fstat, an lseek and
+/// two reads of it). A file that shrank is read to its new end; one that grew is read to
+/// its end as well, as `read_to_end` did. Either way what is returned is what was read, and
+/// the caller hashes and sends exactly that.
+fn read_small(file: &mut File, len: u64) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    let mut data = vec![0u8; len + 1];
+    let mut filled = 0;
+    loop {
+        match file.read(&mut data[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if filled == len {
+            // The read came back short of what it asked for, at the stat's size.
+            break;
+        }
+        if filled == data.len() {
+            file.read_to_end(&mut data)?;
+            return Ok(data);
+        }
+    }
+    data.truncate(filled);
+    Ok(data)
+}
+
+/// rename(2) that fails with `AlreadyExists` rather than replace `to` (renameat2 with
+/// RENAME_NOREPLACE). Where the file system cannot do that, a plain rename, as before.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from_c = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to_c = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both are NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => fs::rename(from, to),
+        _ => Err(e),
+    }
 }
 
 fn mtime_secs(meta: &fs::Metadata) -> Option<i64> {
@@ -992,7 +1073,7 @@ impl DownloadSink {
         Ok(local_error)
     }
 
-    fn finish(self, remote: &str, mtime: i64) -> Result<Digest> {
+    fn finish(self, remote: &str, mtime: i64, overwrite: bool) -> Result<Digest> {
         let actual = match self.hasher {
             SinkHasher::Inline(h) => h.finalize(),
             SinkHasher::Thread(w) => w.finish()?,
@@ -1014,10 +1095,86 @@ impl DownloadSink {
         // On the open descriptor (futimens), which saves looking the path up again.
         let _ = self.file.set_modified(when);
         drop(self.file);
-        fs::rename(&self.partial, &self.target).map_err(io)?;
+        if overwrite {
+            fs::rename(&self.partial, &self.target).map_err(io)?;
+        } else if let Err(e) = rename_noreplace(&self.partial, &self.target) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(io(e));
+            }
+            // Something took the name while we downloaded: it stays, and so does nothing
+            // of ours.
+            let _ = fs::remove_file(&self.partial);
+            if self.record {
+                let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
+            }
+            return Err(ClientError::Local(format!(
+                "{} exists (use --force to replace it)",
+                self.target.display()
+            )));
+        }
         if self.record {
             let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
         }
         Ok(actual)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// `read_small` against a file that holds `actual` bytes when fstat said `stated`.
+    fn read_as_stated(actual: usize, stated: u64) -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data = pattern(actual);
+        fs::write(&path, &data).unwrap();
+        let mut file = File::open(&path).unwrap();
+        (read_small(&mut file, stated).unwrap(), data)
+    }
+
+    #[test]
+    fn read_small_returns_the_whole_file_whatever_fstat_said() {
+        for (actual, stated) in [
+            (4096, 4096),
+            (0, 0),
+            // Grew after the stat: by one byte (the one the read asks for beyond the stated
+            // size), and by much more.
+            (4097, 4096),
+            (3, 0),
+            (5000, 100),
+            (3 * 1024 * 1024, 10),
+            // Shrank after the stat.
+            (7, 5000),
+            (0, 4096),
+        ] {
+            let (got, data) = read_as_stated(actual, stated);
+            assert!(
+                got == data,
+                "{actual} bytes stated as {stated}: read {} bytes",
+                got.len()
+            );
+        }
+    }
+
+    #[test]
+    fn rename_noreplace_keeps_what_is_under_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        fs::write(&from, b"new").unwrap();
+        fs::write(&to, b"old").unwrap();
+        let err = rename_noreplace(&from, &to).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(fs::read(&to).unwrap(), b"old");
+        assert_eq!(fs::read(&from).unwrap(), b"new");
+
+        fs::remove_file(&to).unwrap();
+        rename_noreplace(&from, &to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"new");
+        assert!(!from.exists());
     }
 }

@@ -982,3 +982,365 @@ fn a_corrupted_large_download_leaves_nothing_under_the_final_name() {
     assert!(stdout.contains("\"checksum_mismatch\""), "{stdout}");
     assert_eq!(names_in(dst.path()), Vec::<String>::new());
 }
+
+/// The JSON report a finished `--json` transfer printed.
+fn report_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The remote paths of the failed entries of a transfer report, with their messages.
+fn failures(report: &serde_json::Value) -> Vec<(String, String)> {
+    let mut failed: Vec<(String, String)> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ok"] != true)
+        .map(|f| {
+            (
+                f["remote"].as_str().unwrap_or_default().to_owned(),
+                f["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    failed.sort();
+    failed
+}
+
+/// `get -r` reads each local directory once instead of looking for every file: files that
+/// are there already are still refused without `--force` (and nothing of theirs is touched),
+/// the rest arrive, and `--force` replaces them.
+#[test]
+fn recursive_get_into_a_partly_present_tree_refuses_existing_files_until_forced() {
+    let srv = Server::start(&["kate"]);
+    let home = srv.home("kate");
+    let remote = [
+        ("tree/a.txt", bytes(31, 100)),
+        ("tree/b.txt", bytes(32, 4096)),
+        ("tree/sub/c.txt", bytes(33, 10)),
+        ("tree/sub/d.txt", bytes(34, 0)),
+        ("tree/new/e.txt", bytes(35, 5000)),
+    ];
+    for (rel, data) in &remote {
+        write(&home.join(rel), data);
+    }
+    let dst = tempfile::tempdir().unwrap();
+    // `tree` and `tree/sub` exist locally with some of the names taken (one by a
+    // directory); `tree/new` does not exist.
+    write(&dst.path().join("tree/a.txt"), b"local a");
+    write(&dst.path().join("tree/sub/unrelated"), b"mine");
+    fs::create_dir_all(dst.path().join("tree/sub/c.txt")).unwrap();
+
+    let out = run(srv
+        .ferry("kate")
+        .args(["get", "-r", "--json", "tree"])
+        .arg(dst.path()));
+    assert_eq!(out.status.code(), Some(1), "a local failure");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["downloaded"], 3, "{report}");
+    let failed = failures(&report);
+    assert_eq!(
+        failed.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["tree/a.txt", "tree/sub/c.txt"],
+        "{report}"
+    );
+    assert!(
+        failed.iter().all(|(_, m)| m.contains("exists")),
+        "{failed:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(fs::read(dst.path().join("tree/a.txt")).unwrap(), b"local a");
+    assert!(dst.path().join("tree/sub/c.txt").is_dir());
+    for rel in ["tree/b.txt", "tree/sub/d.txt", "tree/new/e.txt"] {
+        let data = &remote.iter().find(|(r, _)| *r == rel).unwrap().1;
+        assert_eq!(&fs::read(dst.path().join(rel)).unwrap(), data, "{rel}");
+    }
+    assert_eq!(
+        names_in(&dst.path().join("tree")),
+        ["a.txt", "b.txt", "new", "sub"]
+    );
+    assert_eq!(
+        names_in(&dst.path().join("tree/sub")),
+        ["c.txt", "d.txt", "unrelated"]
+    );
+
+    fs::remove_dir(dst.path().join("tree/sub/c.txt")).unwrap();
+    let out = json(
+        srv.ferry("kate")
+            .args(["get", "-r", "--json", "--force", "tree"])
+            .arg(dst.path()),
+    );
+    assert_eq!(out["downloaded"], 5, "{out}");
+    for (rel, data) in &remote {
+        assert_eq!(&fs::read(dst.path().join(rel)).unwrap(), data, "{rel}");
+    }
+    assert_eq!(
+        fs::read(dst.path().join("tree/sub/unrelated")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(
+        names_in(&dst.path().join("tree/sub")),
+        ["c.txt", "d.txt", "unrelated"],
+        "no partials left"
+    );
+}
+
+/// A local file that takes a name while `get` runs, after the check that the name was free,
+/// is not replaced either: the download takes its final name only if it is still free.
+#[test]
+fn a_file_that_appears_during_a_download_is_not_replaced() {
+    let srv = Server::start(&["liam"]);
+    let home = srv.home("liam");
+    let big = bytes(36, 8 * 1024 * 1024);
+    let small = bytes(37, 3000);
+    // Served in name order: the slow big file first, then the small one.
+    write(&home.join("tree/a-big.bin"), &big);
+    write(&home.join("tree/z.txt"), &small);
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let dst = tempfile::tempdir().unwrap();
+    let child = srv
+        .ferry_at(&proxy.addr.to_string(), "liam")
+        .args(["get", "-r", "--json", "tree"])
+        .arg(dst.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = dst.path().join("tree/a-big.bin.ferry-part");
+    wait_until(30, "the big download to start", || partial.exists());
+    write(&dst.path().join("tree/z.txt"), b"written meanwhile");
+    let out = child.wait_with_output().unwrap();
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["downloaded"], 1, "{report}");
+    let failed = failures(&report);
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(failed[0].0, "tree/z.txt", "{report}");
+    assert!(failed[0].1.contains("exists"), "{failed:?}");
+    assert_eq!(
+        fs::read(dst.path().join("tree/z.txt")).unwrap(),
+        b"written meanwhile"
+    );
+    assert_eq!(fs::read(dst.path().join("tree/a-big.bin")).unwrap(), big);
+    assert_eq!(
+        names_in(&dst.path().join("tree")),
+        ["a-big.bin", "z.txt"],
+        "nothing of the refused download is left"
+    );
+}
+
+/// A partial download left in a directory that `get -r` finds already there is resumed:
+/// reading the directory once must still see the partial's record.
+#[test]
+fn recursive_get_resumes_a_partial_left_in_the_tree() {
+    let srv = Server::start(&["mona"]);
+    let home = srv.home("mona");
+    let big = bytes(38, 8 * 1024 * 1024);
+    let small = bytes(39, 2000);
+    write(&home.join("tree/big.bin"), &big);
+    write(&home.join("tree/small.txt"), &small);
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let dst = tempfile::tempdir().unwrap();
+    let partial = dst.path().join("tree/big.bin.ferry-part");
+    let mut child = srv
+        .ferry_at(&proxy.addr.to_string(), "mona")
+        .args(["get", "-q", "-r", "tree"])
+        .arg(dst.path())
+        .spawn()
+        .unwrap();
+    wait_until(30, "a partial download", || {
+        fs::metadata(&partial).is_ok_and(|m| m.len() > 1024 * 1024)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let held = fs::metadata(&partial).unwrap().len();
+    assert!(
+        held < big.len() as u64,
+        "the kill came too late to test resume"
+    );
+    assert!(dst.path().join("tree/big.bin.ferry-part.json").exists());
+
+    let out = json(
+        srv.ferry("mona")
+            .args(["get", "-r", "--json", "tree"])
+            .arg(dst.path()),
+    );
+    assert_eq!(out["downloaded"], 2, "{out}");
+    let entry = out["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["remote"] == "tree/big.bin")
+        .unwrap_or_else(|| panic!("big.bin in {out}"));
+    assert!(entry["resumed_from"].as_u64().unwrap() >= held, "{out}");
+    assert_eq!(fs::read(dst.path().join("tree/big.bin")).unwrap(), big);
+    assert_eq!(fs::read(dst.path().join("tree/small.txt")).unwrap(), small);
+    assert_eq!(names_in(&dst.path().join("tree")), ["big.bin", "small.txt"]);
+}
+
+/// `put -r` lists the tree first and reads each file later; what is sent is what the file
+/// holds when it is read (and hashed), however it changed since the listing: grown, shrunk,
+/// grown past the large-file size, or gone (that file alone fails).
+#[test]
+fn recursive_put_sends_what_files_hold_when_read_not_when_listed() {
+    let srv = Server::start(&["nils"]);
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    // Sent first, slowly, so the others are read well after the listing.
+    let big = bytes(40, 32 * 1024 * 1024);
+    write(&tree.join("a-big.bin"), &big);
+    write(&tree.join("grows.txt"), &bytes(41, 100));
+    write(&tree.join("shrinks.txt"), &bytes(42, 5000));
+    write(&tree.join("same-size.txt"), &bytes(43, 4096));
+    write(&tree.join("turns-large.bin"), &bytes(44, 10));
+    write(&tree.join("vanishes.txt"), &bytes(45, 10));
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let child = srv
+        .ferry_at(&proxy.addr.to_string(), "nils")
+        .args(["put", "-r", "--json"])
+        .arg(&tree)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(30, "the big upload to start", || {
+        proxy.upstream.load(Ordering::Relaxed) > 256 * 1024
+    });
+    let changed = [
+        ("grows.txt", bytes(46, 4097)),
+        ("shrinks.txt", bytes(47, 7)),
+        ("same-size.txt", bytes(48, 4096)),
+        ("turns-large.bin", bytes(49, 2 * 1024 * 1024 + 3)),
+    ];
+    for (name, data) in &changed {
+        write(&tree.join(name), data);
+    }
+    fs::remove_file(tree.join("vanishes.txt")).unwrap();
+    let sent_when_changed = proxy.upstream.load(Ordering::Relaxed);
+    let out = child.wait_with_output().unwrap();
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        sent_when_changed < big.len() as u64 / 2,
+        "the files changed too late to test this"
+    );
+    assert_eq!(report["uploaded"], 5, "{report}");
+    let failed = failures(&report);
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(failed[0].0.ends_with("tree/vanishes.txt"), "{report}");
+    let home = srv.home("nils");
+    assert_eq!(fs::read(home.join("tree/a-big.bin")).unwrap(), big);
+    for (name, data) in &changed {
+        let got = fs::read(home.join("tree").join(name)).unwrap();
+        assert!(
+            got == *data,
+            "{name}: {} bytes uploaded, {} now",
+            got.len(),
+            data.len()
+        );
+        let entry = report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["remote"].as_str().is_some_and(|r| r.ends_with(name)))
+            .unwrap_or_else(|| panic!("{name} in {report}"));
+        assert_eq!(
+            entry["hash"],
+            Digest::of(HashAlgo::Blake3, data).to_string(),
+            "{name}"
+        );
+        assert_eq!(entry["size"], data.len(), "{name}");
+    }
+    assert!(!home.join("tree/vanishes.txt").exists());
+}
+
+/// `get` of many named files reads the target directory once (as `get -r` does for each
+/// directory): names already there are refused until `--force`, and an interrupted download
+/// among them is resumed.
+#[test]
+fn get_of_many_named_files_refuses_present_ones_and_resumes_a_partial() {
+    let srv = Server::start(&["olga"]);
+    let home = srv.home("olga");
+    let big = bytes(50, 8 * 1024 * 1024);
+    write(&home.join("big.bin"), &big);
+    let mut names = vec!["big.bin".to_owned()];
+    for i in 0..11u64 {
+        let name = format!("f{i:02}.txt");
+        write(&home.join(&name), &bytes(60 + i, 100 * i as usize));
+        names.push(name);
+    }
+    let dst = tempfile::tempdir().unwrap();
+    write(&dst.path().join("f03.txt"), b"local 3");
+    write(&dst.path().join("f07.txt"), b"local 7");
+
+    // Interrupted while the big file, asked for first, is still arriving.
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let partial = dst.path().join("big.bin.ferry-part");
+    let mut child = srv
+        .ferry_at(&proxy.addr.to_string(), "olga")
+        .args(["get", "-q"])
+        .args(&names)
+        .arg(dst.path())
+        .spawn()
+        .unwrap();
+    wait_until(30, "a partial download", || {
+        fs::metadata(&partial).is_ok_and(|m| m.len() > 1024 * 1024)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let held = fs::metadata(&partial).unwrap().len();
+    assert!(
+        held < big.len() as u64,
+        "the kill came too late to test resume"
+    );
+
+    let out = run(srv
+        .ferry("olga")
+        .args(["get", "--json"])
+        .args(&names)
+        .arg(dst.path()));
+    assert_eq!(out.status.code(), Some(1), "a local failure");
+    let report = report_of(&out);
+    assert_eq!(report["downloaded"], 10, "{report}");
+    let failed = failures(&report);
+    assert_eq!(
+        failed.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["f03.txt", "f07.txt"],
+        "{report}"
+    );
+    assert!(
+        failed.iter().all(|(_, m)| m.contains("exists")),
+        "{failed:?}"
+    );
+    let entry = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["remote"] == "big.bin")
+        .unwrap_or_else(|| panic!("big.bin in {report}"));
+    assert!(entry["resumed_from"].as_u64().unwrap() >= held, "{report}");
+    assert_eq!(fs::read(dst.path().join("big.bin")).unwrap(), big);
+    assert_eq!(fs::read(dst.path().join("f03.txt")).unwrap(), b"local 3");
+    assert_eq!(fs::read(dst.path().join("f07.txt")).unwrap(), b"local 7");
+
+    let out = json(
+        srv.ferry("olga")
+            .args(["get", "--json", "--force"])
+            .args(&names)
+            .arg(dst.path()),
+    );
+    assert_eq!(out["downloaded"], 12, "{out}");
+    for name in &names {
+        assert_eq!(
+            fs::read(dst.path().join(name)).unwrap(),
+            fs::read(home.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(names_in(dst.path()), names, "no partials left");
+}

@@ -168,6 +168,7 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
             need(&args, 0, "get [-r] [-f] REMOTE...")?;
             let opts = GetOptions {
                 resume: true,
+                overwrite: has("-f"),
                 algo: None,
             };
             Ok(Flow::Continue(
@@ -177,7 +178,6 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
                     &PathBuf::from("."),
                     None,
                     has("-r"),
-                    has("-f"),
                     &opts,
                     output,
                 )
