@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(FrameEvent::Header(h))) => {
                     assert_eq!(body_left, 0, "header inside a body");
                     assert!(
-                        !h.fields.contains_key("body_len"),
+                        !h.fields().contains_key("body_len"),
                         "body_len left in the fields"
                     );
                     assert_eq!(dec.body_remaining(), h.body_len);

@@ -62,7 +62,7 @@ fn decode_one(json: &[u8], max_header: u32) -> Option<Header> {
     match dec.decode(&mut buf) {
         Ok(Some(FrameEvent::Header(h))) => {
             assert!(buf.is_empty());
-            assert!(!h.fields.contains_key("body_len"));
+            assert!(!h.fields().contains_key("body_len"));
             assert_eq!(dec.body_remaining(), h.body_len);
             Some(h)
         }
@@ -110,7 +110,7 @@ fn check_header(h: Header, limits: &Limits) {
         Err(rejected) => {
             assert!(!rejected.error.is_fatal(), "{rejected:?}");
             // The id echoed is the header's, or 0 when it could not be read.
-            if let Some(id) = h.fields.get("id").and_then(Value::as_u64) {
+            if let Some(id) = h.fields().get("id").and_then(Value::as_u64) {
                 assert_eq!(rejected.id, id);
             } else {
                 assert_eq!(rejected.id, 0);

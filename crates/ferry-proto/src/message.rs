@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::digest::{Digest, HashAlgo};
 use crate::error::{ProtoError, WireError};
-use crate::frame::{Header, encode_header, json_kind};
+use crate::frame::{Header, LENGTH_PREFIX, json_kind};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -340,10 +340,18 @@ impl RequestFrame {
 
     /// Turns a decoded header into a request, checking field types and the body length.
     pub fn from_header(header: Header, limits: &Limits) -> Result<Self, Rejected> {
-        let Header {
-            mut fields,
-            body_len,
-        } = header;
+        let body_len = header.body_len;
+        if let Some((id, request)) = hot_request(header.json()) {
+            let reject = |error| Rejected { id, error };
+            request.check_fields().map_err(reject)?;
+            request.check_body(body_len, limits).map_err(reject)?;
+            return Ok(RequestFrame {
+                id,
+                request,
+                body_len,
+            });
+        }
+        let mut fields = header.into_fields();
         let id = take_id(&mut fields).map_err(|error| Rejected { id: 0, error })?;
         let reject = |error| Rejected { id, error };
         let op = match fields.get("op") {
@@ -391,10 +399,141 @@ impl RequestFrame {
         fields
     }
 
-    /// Appends the frame header (not the body) to `dst`.
+    /// Appends the frame header (not the body) to `dst`: the bytes [`crate::frame::encode_header`] makes
+    /// of [`Self::to_fields`].
     pub fn encode(&self, max_header: u32, dst: &mut BytesMut) -> Result<(), ProtoError> {
-        encode_header(&self.to_fields(), self.body_len, max_header, dst)
+        encode_direct(self.id, "", &self.request, self.body_len, max_header, dst)
     }
+}
+
+// The frames most of a transfer consists of — `get` and `put` requests and their replies —
+// are read straight from the header's text into these plain structs (no map in between).
+// Anything they do not take (another op, a missing or mistyped field, a repeated key, `null`
+// where the message has no default) goes the general way, through the field map, whose
+// answer is the one of record: so these only ever accept what the general way accepts,
+// and build the same message from it. Fields of the other op are allowed (and ignored, as
+// the general way ignores unknown fields) only if well typed, else the general way decides.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum HotOp {
+    Get,
+    Put,
+}
+
+#[derive(Deserialize)]
+struct HotRequest {
+    id: u64,
+    op: HotOp,
+    path: String,
+    size: Option<u64>,
+    hash: Option<Digest>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    overwrite: bool,
+    mtime: Option<i64>,
+    algo: Option<HashAlgo>,
+}
+
+fn hot_request(json: &str) -> Option<(u64, Request)> {
+    let r: HotRequest = serde_json::from_str(json).ok()?;
+    let request = match r.op {
+        HotOp::Get => Request::Get {
+            path: r.path,
+            offset: r.offset,
+            algo: r.algo,
+        },
+        HotOp::Put => Request::Put {
+            path: r.path,
+            size: r.size?,
+            hash: r.hash,
+            offset: r.offset,
+            overwrite: r.overwrite,
+            mtime: r.mtime,
+        },
+    };
+    Some((r.id, request))
+}
+
+#[derive(Deserialize)]
+struct HotReply {
+    id: u64,
+    ok: bool,
+    op: HotOp,
+    path: String,
+    size: u64,
+    offset: Option<u64>,
+    mtime: Option<i64>,
+    hash: Digest,
+}
+
+fn hot_reply(json: &str) -> Option<(u64, Reply)> {
+    let r: HotReply = serde_json::from_str(json).ok()?;
+    if !r.ok {
+        return None;
+    }
+    let reply = match r.op {
+        HotOp::Get => Reply::Get {
+            path: r.path,
+            size: r.size,
+            offset: r.offset?,
+            mtime: r.mtime?,
+            hash: r.hash,
+        },
+        HotOp::Put => Reply::Put {
+            path: r.path,
+            size: r.size,
+            hash: r.hash,
+        },
+    };
+    Some((r.id, reply))
+}
+
+/// Appends a frame header to `dst` as [`crate::frame::encode_header`] would for the fields `id`, then
+/// `lead` (JSON members, or nothing), then `rest`'s (an object's) members, then `body_len`
+/// — but serializing `rest` directly rather than through a [`Map`].
+fn encode_direct(
+    id: u64,
+    lead: &str,
+    rest: &impl Serialize,
+    body_len: u64,
+    max_header: u32,
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    use bytes::BufMut;
+    let start = dst.len();
+    dst.put_u32_le(0); // patched below once the length is known
+    dst.put_slice(b"{\"id\":");
+    dst.put_slice(id.to_string().as_bytes());
+    if !lead.is_empty() {
+        dst.put_u8(b',');
+        dst.put_slice(lead.as_bytes());
+    }
+    let members = dst.len();
+    serde_json::to_writer(dst.writer(), rest).expect("serializing a message to memory");
+    debug_assert!(dst[members] == b'{' && dst[dst.len() - 1] == b'}');
+    if dst.len() - members == 2 {
+        dst.truncate(members); // `{}`: no members
+    } else {
+        dst[members] = b',';
+        dst.truncate(dst.len() - 1);
+    }
+    if body_len > 0 {
+        dst.put_slice(b",\"body_len\":");
+        dst.put_slice(body_len.to_string().as_bytes());
+    }
+    dst.put_u8(b'}');
+    let json_len = dst.len() - start - LENGTH_PREFIX;
+    if json_len > max_header as usize || json_len > u32::MAX as usize {
+        dst.truncate(start);
+        return Err(ProtoError::HeaderTooLarge {
+            len: json_len.min(u32::MAX as usize) as u32,
+            max: max_header,
+        });
+    }
+    dst[start..start + LENGTH_PREFIX].copy_from_slice(&(json_len as u32).to_le_bytes());
+    Ok(())
 }
 
 fn take_id(fields: &mut Map<String, Value>) -> Result<u64, ProtoError> {
@@ -569,17 +708,18 @@ impl ReplyFrame {
 
     /// Turns a decoded header into a reply, checking field types and the body length.
     pub fn from_header(header: Header) -> Result<Self, Rejected> {
-        let Header {
-            mut fields,
-            body_len,
-        } = header;
+        let body_len = header.body_len;
+        if let Some((id, reply)) = hot_reply(header.json()) {
+            return Self::checked(id, Ok(reply), body_len);
+        }
+        let mut fields = header.into_fields();
         let id = take_id(&mut fields).map_err(|error| Rejected { id: 0, error })?;
-        let reject = |error| Rejected { id, error };
-        let malformed = |detail: String| {
-            reject(ProtoError::Malformed {
+        let malformed = |detail: String| Rejected {
+            id,
+            error: ProtoError::Malformed {
                 op: "reply".into(),
                 detail,
-            })
+            },
         };
         let ok = match fields.shift_remove("ok") {
             Some(Value::Bool(b)) => b,
@@ -592,35 +732,50 @@ impl ReplyFrame {
             None => return Err(malformed("missing field `ok`".into())),
         };
         let result = if ok {
-            let reply: Reply = serde_json::from_value(Value::Object(fields))
-                .map_err(|e| malformed(e.to_string()))?;
-            // A get reply whose offset is past its size is contradictory; expected_body()
-            // would call it bodiless, so catch it here rather than hand it to a client.
-            if let Reply::Get { size, offset, .. } = &reply {
-                if offset > size {
+            Ok(serde_json::from_value(Value::Object(fields))
+                .map_err(|e| malformed(e.to_string()))?)
+        } else {
+            if body_len != 0 {
+                return Err(Rejected {
+                    id,
+                    error: ProtoError::BodyMismatch("an error reply carries no body".into()),
+                });
+            }
+            Err(serde_json::from_value(Value::Object(fields))
+                .map_err(|e| malformed(e.to_string()))?)
+        };
+        Self::checked(id, result, body_len)
+    }
+
+    /// The frame, if its declared body length is the one its result implies.
+    fn checked(id: u64, result: Result<Reply, WireError>, body_len: u64) -> Result<Self, Rejected> {
+        let reject = |error| Rejected { id, error };
+        match &result {
+            Ok(reply) => {
+                // A get reply whose offset is past its size is contradictory; expected_body()
+                // would call it bodiless, so catch it here rather than hand it to a client.
+                if let Reply::Get { size, offset, .. } = reply {
+                    if offset > size {
+                        return Err(reject(ProtoError::BodyMismatch(format!(
+                            "get reply offset {offset} is past the file size {size}"
+                        ))));
+                    }
+                }
+                if body_len != reply.expected_body() {
                     return Err(reject(ProtoError::BodyMismatch(format!(
-                        "get reply offset {offset} is past the file size {size}"
+                        "{} reply must carry {} body bytes, declared {body_len}",
+                        reply.op(),
+                        reply.expected_body()
                     ))));
                 }
             }
-            if body_len != reply.expected_body() {
-                return Err(reject(ProtoError::BodyMismatch(format!(
-                    "{} reply must carry {} body bytes, declared {body_len}",
-                    reply.op(),
-                    reply.expected_body()
-                ))));
-            }
-            Ok(reply)
-        } else {
-            if body_len != 0 {
+            Err(_) if body_len != 0 => {
                 return Err(reject(ProtoError::BodyMismatch(
                     "an error reply carries no body".into(),
                 )));
             }
-            let err: WireError = serde_json::from_value(Value::Object(fields))
-                .map_err(|e| malformed(e.to_string()))?;
-            Err(err)
-        };
+            Err(_) => {}
+        }
         Ok(ReplyFrame {
             id,
             result,
@@ -643,8 +798,19 @@ impl ReplyFrame {
         fields
     }
 
-    /// Appends the frame header (not the body) to `dst`.
+    /// Appends the frame header (not the body) to `dst`: the bytes [`crate::frame::encode_header`] makes
+    /// of [`Self::to_fields`].
     pub fn encode(&self, max_header: u32, dst: &mut BytesMut) -> Result<(), ProtoError> {
-        encode_header(&self.to_fields(), self.body_len, max_header, dst)
+        match &self.result {
+            Ok(reply) => encode_direct(
+                self.id,
+                "\"ok\":true",
+                reply,
+                self.body_len,
+                max_header,
+                dst,
+            ),
+            Err(err) => encode_direct(self.id, "\"ok\":false", err, self.body_len, max_header, dst),
+        }
     }
 }

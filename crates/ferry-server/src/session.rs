@@ -737,8 +737,8 @@ pub fn open_regular(home: &Home, path: &VPath) -> Result<File, OpError> {
 /// frame follows.
 fn is_put_without_hash(header: &ferry_proto::Header) -> bool {
     use serde_json::Value;
-    header.fields.get("op").and_then(Value::as_str) == Some("put")
-        && header.fields.get("hash").is_none_or(Value::is_null)
+    header.fields().get("op").and_then(Value::as_str) == Some("put")
+        && header.fields().get("hash").is_none_or(Value::is_null)
 }
 
 /// What tells uploads of the same size to the same path apart.
