@@ -56,40 +56,63 @@ pub enum Done {
     Put(u64, Result<Reply, OpError>),
 }
 
-/// A run of at least this many puts is split between two threads (see [`run`]).
-const SPLIT_AT: usize = 16;
+/// A run of at least this many puts is shared by two threads (see [`run`]).
+const SPLIT_AT: usize = 8;
 
 /// Blocking: runs the items, answering in order.
 ///
-/// A run of puts only, all to different paths, is split in two halves that run at once on
-/// two threads: they touch different files, so the outcome is the one of running them one
-/// by one, and a profile of 2,000 pipelined 4 KiB puts showed the server's blocking thread
-/// as the one busy core of the transfer (the file system calls of a put cost ~20 µs, mostly
-/// in the kernel). A run with a get, or two puts to one path, runs in order on this thread.
-pub fn run(u: &UserFs, mut items: Vec<Item>) -> Vec<Done> {
+/// A run of puts only, all to different paths, is shared by two threads, each taking the
+/// next item not yet taken until none is left: the puts touch different files, so the outcome
+/// is the one of running them one by one, and a profile of 2,000 pipelined 4 KiB puts showed
+/// the server's blocking thread as the one busy core of the transfer (the file-system calls
+/// of a put cost ~20 µs, mostly in the kernel). Taking items one at a time rather than a half
+/// each keeps both threads busy to the end. A run with a get, or two puts to one path, runs
+/// in order on this thread.
+pub fn run(u: &UserFs, items: Vec<Item>) -> Vec<Done> {
     if items.len() >= SPLIT_AT && independent_puts(&items) {
-        // Each half gets the whole budget: puts read nothing into memory.
-        let budget = MAX_BYTES;
-        // Behind a lock so that, if no thread can be had, this thread takes the half back.
-        let second = std::sync::Mutex::new(Some(items.split_off(items.len() / 2)));
-        let take_second = || second.lock().unwrap().take().unwrap_or_default();
-        return std::thread::scope(|scope| {
-            let other = std::thread::Builder::new()
-                .name("ferry-puts".into())
-                .spawn_scoped(scope, || run_in_order(u, take_second(), budget));
-            let mut done = run_in_order(u, items, budget);
-            match other {
-                Ok(other) => match other.join() {
-                    Ok(rest) => done.extend(rest),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                },
-                Err(_) => done.extend(run_in_order(u, take_second(), budget)),
-            }
-            done
-        });
+        return run_shared(u, items);
     }
     let budget = MAX_BYTES.saturating_sub(items.iter().map(Item::held).sum());
     run_in_order(u, items, budget)
+}
+
+/// Runs independent items on this thread and one more, answering in order.
+fn run_shared(u: &UserFs, items: Vec<Item>) -> Vec<Done> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = items.len();
+    let slots: Vec<Mutex<Option<Item>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    let done: Vec<Mutex<Option<Done>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut puts = put::SmallPuts::default();
+        let mut gets = get::Gets::default();
+        // Puts read nothing into memory: the budget is the gets', and there are none.
+        let mut budget = MAX_BYTES;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = slots.get(i).and_then(|s| s.lock().unwrap().take()) else {
+                break;
+            };
+            *done[i].lock().unwrap() = Some(run_one(u, &mut puts, &mut gets, item, &mut budget));
+        }
+        puts.sync();
+    };
+    std::thread::scope(|scope| {
+        // Without a second thread this one does all of it.
+        let other = std::thread::Builder::new()
+            .name("ferry-puts".into())
+            .spawn_scoped(scope, work);
+        work();
+        if let Ok(other) = other {
+            if let Err(panic) = other.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+    done.into_iter()
+        .map(|d| d.into_inner().unwrap().expect("every item was run"))
+        .collect()
 }
 
 /// Whether the items are all puts, each to another path (or to no valid path at all).
@@ -109,31 +132,42 @@ fn run_in_order(u: &UserFs, items: Vec<Item>, mut budget: u64) -> Vec<Done> {
     let mut gets = get::Gets::default();
     let done = items
         .into_iter()
-        .map(|item| match item {
-            Item::Get {
-                id,
-                target,
-                offset,
-                algo,
-            } => Done::Get(
-                id,
-                target
-                    .map_err(OpError::from)
-                    .and_then(|t| get::open(u, &mut gets, &t, offset, algo, &mut budget)),
-            ),
-            Item::Put {
-                id,
-                target,
-                args,
-                body,
-            } => Done::Put(
-                id,
-                target
-                    .map_err(OpError::from)
-                    .and_then(|t| put::put_small(u, &mut puts, &t, &args, &body)),
-            ),
-        })
+        .map(|item| run_one(u, &mut puts, &mut gets, item, &mut budget))
         .collect();
     puts.sync();
     done
+}
+
+/// Runs one item; the caller calls [`put::SmallPuts::sync`] before answering.
+fn run_one(
+    u: &UserFs,
+    puts: &mut put::SmallPuts,
+    gets: &mut get::Gets,
+    item: Item,
+    budget: &mut u64,
+) -> Done {
+    match item {
+        Item::Get {
+            id,
+            target,
+            offset,
+            algo,
+        } => Done::Get(
+            id,
+            target
+                .map_err(OpError::from)
+                .and_then(|t| get::open(u, gets, &t, offset, algo, budget)),
+        ),
+        Item::Put {
+            id,
+            target,
+            args,
+            body,
+        } => Done::Put(
+            id,
+            target
+                .map_err(OpError::from)
+                .and_then(|t| put::put_small(u, puts, &t, &args, &body)),
+        ),
+    }
 }
