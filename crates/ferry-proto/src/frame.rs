@@ -313,6 +313,16 @@ pub fn encode_header(
         // Writing a Map to memory cannot fail: keys are strings and values are JSON already.
         res.expect("serializing a JSON map to memory");
     }
+    finish_header(dst, start, max_header)
+}
+
+/// Completes a header written at `start` (a 4-byte placeholder, then the JSON): patches in
+/// its length, or, past `max_header`, takes it back out and says so.
+pub(crate) fn finish_header(
+    dst: &mut BytesMut,
+    start: usize,
+    max_header: u32,
+) -> Result<(), ProtoError> {
     let json_len = dst.len() - start - LENGTH_PREFIX;
     if json_len > max_header as usize || json_len > u32::MAX as usize {
         dst.truncate(start);

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::digest::{Digest, HashAlgo};
 use crate::error::{ProtoError, WireError};
-use crate::frame::{Header, LENGTH_PREFIX, json_kind};
+use crate::frame::{Header, json_kind};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -524,16 +524,7 @@ fn encode_direct(
         dst.put_slice(body_len.to_string().as_bytes());
     }
     dst.put_u8(b'}');
-    let json_len = dst.len() - start - LENGTH_PREFIX;
-    if json_len > max_header as usize || json_len > u32::MAX as usize {
-        dst.truncate(start);
-        return Err(ProtoError::HeaderTooLarge {
-            len: json_len.min(u32::MAX as usize) as u32,
-            max: max_header,
-        });
-    }
-    dst[start..start + LENGTH_PREFIX].copy_from_slice(&(json_len as u32).to_le_bytes());
-    Ok(())
+    crate::frame::finish_header(dst, start, max_header)
 }
 
 fn take_id(fields: &mut Map<String, Value>) -> Result<u64, ProtoError> {

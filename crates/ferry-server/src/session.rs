@@ -382,6 +382,19 @@ impl Session {
     /// Adds the batchable requests already buffered to `run`, until it is full or a request
     /// that is not batchable (or not whole yet) stops it. Never reads from the socket.
     fn gather_buffered(&self, run: &mut Run, conn: &mut Conn, limits: &Limits) {
+        let waiting = self.take_buffered(run, conn, limits);
+        run.stop_at(waiting);
+    }
+
+    /// Adds the batchable requests already buffered to `run` until it is full or stopped, and
+    /// returns a batchable request whose body is not all here yet (it stops the gathering
+    /// too). Never reads from the socket.
+    fn take_buffered(
+        &self,
+        run: &mut Run,
+        conn: &mut Conn,
+        limits: &Limits,
+    ) -> Option<RequestFrame> {
         while run.is_open() {
             let header = match conn.buffered_header() {
                 Ok(Some(h)) => h,
@@ -391,24 +404,31 @@ impl Session {
                     break;
                 }
             };
-            let frame = match Pending::of(header, limits) {
-                Pending { parsed: Ok(f), .. } if self.batchable(&f) => f,
-                other => {
-                    run.next = Some(other);
-                    break;
+            match Pending::of(header, limits) {
+                Pending { parsed: Ok(f), .. } if self.batchable(&f) => {
+                    if let Some(waiting) = self.take_body(run, conn, f) {
+                        return Some(waiting);
+                    }
                 }
-            };
-            match conn.buffered_body() {
-                Ok(Some(body)) => run.push(self.batch_item(frame, body)),
-                Ok(None) => {
-                    run.next = Some(Pending {
-                        parsed: Ok(frame),
-                        deferred_put: false,
-                    });
-                }
-                Err(e) => run.fatal = Some(e),
+                other => run.next = Some(other),
             }
         }
+        None
+    }
+
+    /// Adds `frame` to `run` if its body is all buffered; else gives it back.
+    fn take_body(
+        &self,
+        run: &mut Run,
+        conn: &mut Conn,
+        frame: RequestFrame,
+    ) -> Option<RequestFrame> {
+        match conn.buffered_body() {
+            Ok(Some(body)) => run.push(self.batch_item(frame, body)),
+            Ok(None) => return Some(frame),
+            Err(e) => run.fatal = Some(e),
+        }
+        None
     }
 
     /// Until `job` (the current run) is done: reads what the peer sends and gathers it into
@@ -424,32 +444,9 @@ impl Session {
     ) -> Result<Vec<batch::Done>, tokio::task::JoinError> {
         let mut waiting: Option<RequestFrame> = None;
         loop {
-            if let Some(frame) = waiting.take() {
-                match conn.buffered_body() {
-                    Ok(Some(body)) => run.push(self.batch_item(frame, body)),
-                    Ok(None) => waiting = Some(frame),
-                    Err(e) => run.fatal = Some(e),
-                }
-            }
-            while waiting.is_none() && run.is_open() {
-                let header = match conn.buffered_header() {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(e) => {
-                        run.fatal = Some(e);
-                        break;
-                    }
-                };
-                match Pending::of(header, limits) {
-                    Pending { parsed: Ok(f), .. } if self.batchable(&f) => {
-                        match conn.buffered_body() {
-                            Ok(Some(body)) => run.push(self.batch_item(f, body)),
-                            Ok(None) => waiting = Some(f),
-                            Err(e) => run.fatal = Some(e),
-                        }
-                    }
-                    other => run.next = Some(other),
-                }
+            waiting = waiting.and_then(|frame| self.take_body(run, conn, frame));
+            if waiting.is_none() {
+                waiting = self.take_buffered(run, conn, limits);
             }
             if waiting.is_none() && !run.is_open() {
                 return job.await;
