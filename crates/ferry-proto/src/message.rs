@@ -457,15 +457,25 @@ fn hot_request(json: &str) -> Option<(u64, Request)> {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum HotReplyOp {
+    Get,
+    Put,
+    Ls,
+}
+
+#[derive(Deserialize)]
 struct HotReply {
     id: u64,
     ok: bool,
-    op: HotOp,
+    op: HotReplyOp,
     path: String,
-    size: u64,
+    size: Option<u64>,
     offset: Option<u64>,
     mtime: Option<i64>,
-    hash: Digest,
+    hash: Option<Digest>,
+    /// An `ls` reply's (a `get -r` starts with one of thousands of entries).
+    entries: Option<Vec<Entry>>,
 }
 
 fn hot_reply(json: &str) -> Option<(u64, Reply)> {
@@ -474,17 +484,21 @@ fn hot_reply(json: &str) -> Option<(u64, Reply)> {
         return None;
     }
     let reply = match r.op {
-        HotOp::Get => Reply::Get {
+        HotReplyOp::Get => Reply::Get {
             path: r.path,
-            size: r.size,
+            size: r.size?,
             offset: r.offset?,
             mtime: r.mtime?,
-            hash: r.hash,
+            hash: r.hash?,
         },
-        HotOp::Put => Reply::Put {
+        HotReplyOp::Put => Reply::Put {
             path: r.path,
-            size: r.size,
-            hash: r.hash,
+            size: r.size?,
+            hash: r.hash?,
+        },
+        HotReplyOp::Ls => Reply::Ls {
+            path: r.path,
+            entries: r.entries?,
         },
     };
     Some((r.id, reply))

@@ -299,3 +299,33 @@ fn an_escape_the_quick_check_would_skip_is_still_refused() {
         }
     );
 }
+
+#[test]
+fn ls_replies_read_directly_as_the_general_way_reads_them() {
+    let h = digest(3);
+    let f = reply(&format!(
+        r#"{{"id":4,"ok":true,"op":"ls","path":"/d","entries":[{{"name":"a","kind":"file","size":1,"mtime":2,"hash":"{h}"}},{{"name":"b","kind":"dir","size":0,"mtime":-2,"extra":{{}}}}],"size":"ignored"}}"#
+    ))
+    .unwrap();
+    let Ok(Reply::Ls { path, entries }) = f.result else {
+        panic!("{:?}", f.result)
+    };
+    assert_eq!(path, "/d");
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].hash, Some(h));
+    assert_eq!(entries[1].kind, ferry_proto::EntryKind::Dir);
+    // A repeated key inside an entry: the last one counts, as in the field map.
+    let f = reply(
+        r#"{"id":4,"ok":true,"op":"ls","path":"/d","entries":[{"name":"a","name":"b","kind":"file","size":1,"mtime":2}]}"#,
+    )
+    .unwrap();
+    assert!(matches!(&f.result, Ok(Reply::Ls { entries, .. }) if entries[0].name == "b"));
+    for json in [
+        r#"{"id":4,"ok":true,"op":"ls","path":"/d","entries":null}"#,
+        r#"{"id":4,"ok":true,"op":"ls","path":"/d"}"#,
+        r#"{"id":4,"ok":true,"op":"ls","path":"/d","entries":[{"name":"a","kind":"socket","size":1,"mtime":2}]}"#,
+        r#"{"id":4,"ok":true,"op":"ls","path":"/d","entries":[],"body_len":3}"#,
+    ] {
+        assert!(reply(json).is_err(), "{json}");
+    }
+}

@@ -160,6 +160,14 @@ impl HashStore {
         stamp: &FileStamp,
         algo: HashAlgo,
     ) -> Option<Digest> {
+        // In memory: the one digest, not a copy of the whole record (a listing asks this for
+        // every file).
+        if let Some(r) = self.mem.lock().unwrap().get(&(user.to_owned(), stamp.ino)) {
+            return r
+                .matches(stamp)
+                .then(|| r.digests.get(algo.name()).cloned())
+                .flatten();
+        }
         self.load(user, stamp, Some(XattrOf::Entry(dir, name)))?
             .digests
             .get(algo.name())
