@@ -5,9 +5,10 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use common::{Server, SlowProxy, bytes, json, ok, run, wait_until};
+use common::{BIN, Server, SlowProxy, bytes, json, ok, run, wait_until};
 use ferry_proto::{Digest, HashAlgo};
 
 fn write(path: &Path, data: &[u8]) {
@@ -1343,4 +1344,65 @@ fn get_of_many_named_files_refuses_present_ones_and_resumes_a_partial() {
         );
     }
     assert_eq!(names_in(dst.path()), names, "no partials left");
+}
+
+/// The file's `user.ferry.hash` attribute, if it has one (None also where the file system
+/// has no user attributes).
+fn hash_attr(path: &Path) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: NUL-terminated strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            c"user.ferry.hash".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+#[test]
+fn serve_keeps_hash_records_where_hash_records_says() {
+    let local = tempfile::tempdir().unwrap();
+    write(&local.path().join("f.txt"), &bytes(40, 5000));
+    let records = |srv: &Server| {
+        fs::read_dir(srv.root.path().join("state/hashes/ann"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    // The default: on the file, where the file system allows it (else as a record file).
+    let srv = Server::start(&["ann"]);
+    ok(srv
+        .ferry("ann")
+        .args(["put", "-q"])
+        .arg(local.path().join("f.txt"))
+        .arg("/"));
+    match hash_attr(&srv.home("ann").join("f.txt")) {
+        Some(rec) => {
+            assert!(String::from_utf8_lossy(&rec).contains("blake3:"));
+            assert_eq!(records(&srv), 0);
+        }
+        None => assert_eq!(records(&srv), 1, "no attributes here: a record file"),
+    }
+    // `files`: never on the file.
+    let srv = Server::start_with(&["ann"], &["--hash-records", "files"]);
+    ok(srv
+        .ferry("ann")
+        .args(["put", "-q"])
+        .arg(local.path().join("f.txt"))
+        .arg("/"));
+    assert_eq!(hash_attr(&srv.home("ann").join("f.txt")), None);
+    assert_eq!(records(&srv), 1);
+    let listed = ok(srv.ferry("ann").args(["ls", "-l", "/f.txt"]));
+    assert!(listed.contains("blake3:"), "{listed}");
+    // Anything else is refused by name.
+    let bad = run(Command::new(BIN).args(["serve", "--hash-records", "inode"]));
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--hash-records") && err.contains("files"),
+        "{err}"
+    );
 }
