@@ -174,13 +174,6 @@ impl HashStore {
             .cloned()
     }
 
-    /// Records digests for this version of the open file, replacing a record of another
-    /// version.
-    pub fn record(&self, user: &str, file: &fs::File, stamp: &FileStamp, digests: &[Digest]) {
-        let rec = self.load(user, stamp, Some(XattrOf::File(file)));
-        self.put(user, file, stamp, rec, digests);
-    }
-
     /// Records the digests of a version just written (an upload, `file` still open):
     /// nothing on record can be about it, so nothing is read first.
     pub fn record_new(&self, user: &str, file: &fs::File, stamp: &FileStamp, digests: &[Digest]) {
