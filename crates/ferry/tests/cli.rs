@@ -276,6 +276,29 @@ fn interrupted_download_resumes_to_an_identical_file() {
     assert!(!partial.exists());
 }
 
+/// Starts `ferry get ARGS…` as `user` through a throttling relay and kills the client
+/// (SIGKILL) once `partial` holds more than 1 MiB. Returns what the partial then holds.
+fn kill_download_midway(
+    srv: &Server,
+    user: &str,
+    args: &[&std::ffi::OsStr],
+    partial: &Path,
+) -> u64 {
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let mut child = srv
+        .ferry_at(&proxy.addr.to_string(), user)
+        .arg("get")
+        .args(args)
+        .spawn()
+        .unwrap();
+    wait_until(30, "a partial download", || {
+        fs::metadata(partial).is_ok_and(|m| m.len() > 1024 * 1024)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fs::metadata(partial).unwrap().len()
+}
+
 /// Starts `ferry put FILE` through a throttling relay and kills the client (SIGKILL) once
 /// more than 2 MiB has passed, leaving the server a partial upload.
 fn kill_upload_midway(srv: &Server, user: &str, file: &Path) {
@@ -1145,21 +1168,19 @@ fn recursive_get_resumes_a_partial_left_in_the_tree() {
     let small = bytes(39, 2000);
     write(&home.join("tree/big.bin"), &big);
     write(&home.join("tree/small.txt"), &small);
-    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
     let dst = tempfile::tempdir().unwrap();
     let partial = dst.path().join("tree/big.bin.ferry-part");
-    let mut child = srv
-        .ferry_at(&proxy.addr.to_string(), "mona")
-        .args(["get", "-q", "-r", "tree"])
-        .arg(dst.path())
-        .spawn()
-        .unwrap();
-    wait_until(30, "a partial download", || {
-        fs::metadata(&partial).is_ok_and(|m| m.len() > 1024 * 1024)
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let held = fs::metadata(&partial).unwrap().len();
+    let held = kill_download_midway(
+        &srv,
+        "mona",
+        &[
+            "-q".as_ref(),
+            "-r".as_ref(),
+            "tree".as_ref(),
+            dst.path().as_os_str(),
+        ],
+        &partial,
+    );
     assert!(
         held < big.len() as u64,
         "the kill came too late to test resume"
@@ -1280,21 +1301,11 @@ fn get_of_many_named_files_refuses_present_ones_and_resumes_a_partial() {
     write(&dst.path().join("f07.txt"), b"local 7");
 
     // Interrupted while the big file, asked for first, is still arriving.
-    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
     let partial = dst.path().join("big.bin.ferry-part");
-    let mut child = srv
-        .ferry_at(&proxy.addr.to_string(), "olga")
-        .args(["get", "-q"])
-        .args(&names)
-        .arg(dst.path())
-        .spawn()
-        .unwrap();
-    wait_until(30, "a partial download", || {
-        fs::metadata(&partial).is_ok_and(|m| m.len() > 1024 * 1024)
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let held = fs::metadata(&partial).unwrap().len();
+    let mut args: Vec<&std::ffi::OsStr> = vec!["-q".as_ref()];
+    args.extend(names.iter().map(std::ffi::OsStr::new));
+    args.push(dst.path().as_os_str());
+    let held = kill_download_midway(&srv, "olga", &args, &partial);
     assert!(
         held < big.len() as u64,
         "the kill came too late to test resume"
