@@ -112,13 +112,51 @@ impl Digest {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(&self.bytes)
+        let mut buf = [0u8; 2 * MAX_DIGEST_LEN];
+        encode_hex(&self.bytes, &mut buf).to_owned()
     }
+}
+
+/// The longest digest of any [`HashAlgo`], in bytes.
+const MAX_DIGEST_LEN: usize = 32;
+
+/// Lowercase hex of `bytes` in `buf`. Digests are written and read for every file of a
+/// listing or transfer, so this and [`decode_hex`] work on the stack, byte by byte, rather
+/// than through an allocating iterator.
+fn encode_hex<'a>(bytes: &[u8], buf: &'a mut [u8; 2 * MAX_DIGEST_LEN]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in buf.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+    std::str::from_utf8(&buf[..2 * bytes.len()]).expect("hex digits are ASCII")
+}
+
+/// The bytes of lowercase hex; `None` for an odd length or any other character (uppercase
+/// included: accepting both would give one digest two spellings).
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let hex = hex.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algo, self.to_hex())
+        let mut buf = [0u8; 2 * MAX_DIGEST_LEN];
+        f.write_str(self.algo.name())?;
+        f.write_str(":")?;
+        f.write_str(encode_hex(&self.bytes, &mut buf))
     }
 }
 
@@ -133,11 +171,7 @@ impl FromStr for Digest {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (algo, hex_part) = s.split_once(':').ok_or(DigestParseError::MissingColon)?;
         let algo: HashAlgo = algo.parse()?;
-        // Only lowercase hex is canonical; accepting both would give one digest two spellings.
-        if hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(DigestParseError::BadHex);
-        }
-        let bytes = hex::decode(hex_part).map_err(|_| DigestParseError::BadHex)?;
+        let bytes = decode_hex(hex_part).ok_or(DigestParseError::BadHex)?;
         Digest::new(algo, bytes)
     }
 }
@@ -150,8 +184,18 @@ impl Serialize for Digest {
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        /// Parses the string where the deserializer has it, without a copy of its own.
+        struct DigestText;
+        impl serde::de::Visitor<'_> for DigestText {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a digest string algo:hex")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Digest, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(DigestText)
     }
 }
 
@@ -241,6 +285,29 @@ mod tests {
             "md5:0011".parse::<Digest>(),
             Err(DigestParseError::BadLength { got: 2, .. })
         ));
+    }
+
+    proptest::proptest! {
+        /// The table-driven hex agrees with `{:02x}` both ways, and nothing but the one
+        /// lowercase spelling of a digest parses as it.
+        #[test]
+        fn hex_matches_the_formatter(bytes in proptest::collection::vec(proptest::num::u8::ANY, 16..=16), noise in "[0-9a-fA-Fg:]{0,40}") {
+            let reference: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let d = Digest::new(HashAlgo::Md5, bytes.clone()).unwrap();
+            proptest::prop_assert_eq!(d.to_string(), format!("md5:{reference}"));
+            proptest::prop_assert_eq!(d.to_hex(), reference.clone());
+            proptest::prop_assert_eq!(format!("md5:{reference}").parse::<Digest>(), Ok(d.clone()));
+            let upper = format!("md5:{}", reference.to_uppercase());
+            if upper != format!("md5:{reference}") {
+                proptest::prop_assert_eq!(upper.parse::<Digest>(), Err(DigestParseError::BadHex));
+            }
+            let parsed = format!("md5:{noise}").parse::<Digest>();
+            let canonical = noise.len() == 32 && noise.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+            proptest::prop_assert_eq!(parsed.is_ok(), canonical);
+            if let Ok(p) = parsed {
+                proptest::prop_assert_eq!(p.to_hex(), noise);
+            }
+        }
     }
 
     #[test]
