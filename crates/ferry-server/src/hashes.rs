@@ -93,11 +93,47 @@ impl Record {
     }
 }
 
+/// Records held in memory, by user, then inode: a lookup (one per file of a listing) needs
+/// no owned key, so it allocates nothing.
+#[derive(Debug, Default)]
+struct MemRecords {
+    by_user: HashMap<String, HashMap<u64, Record>>,
+    len: usize,
+}
+
+impl MemRecords {
+    fn get(&self, user: &str, ino: u64) -> Option<&Record> {
+        self.by_user.get(user)?.get(&ino)
+    }
+
+    fn insert(&mut self, user: &str, ino: u64, rec: Record) {
+        if self.len >= MEM_CAP {
+            self.by_user.clear();
+            self.len = 0;
+        }
+        let records = match self.by_user.get_mut(user) {
+            Some(records) => records,
+            None => self.by_user.entry(user.to_owned()).or_default(),
+        };
+        if records.insert(ino, rec).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, user: &str, ino: u64) {
+        if let Some(records) = self.by_user.get_mut(user) {
+            if records.remove(&ino).is_some() {
+                self.len -= 1;
+            }
+        }
+    }
+}
+
 /// Hashes of record for every user.
 #[derive(Debug)]
 pub struct HashStore {
     root: DataRoot,
-    mem: Mutex<HashMap<(String, u64), Record>>,
+    mem: Mutex<MemRecords>,
     /// Temp names for atomic writes: a per-process random prefix and a counter (no getpid
     /// or getrandom call per record).
     tmp_prefix: u64,
@@ -112,7 +148,7 @@ impl HashStore {
     pub fn new(root: DataRoot, records_in: RecordsIn) -> Self {
         HashStore {
             root,
-            mem: Mutex::new(HashMap::new()),
+            mem: Mutex::new(MemRecords::default()),
             tmp_prefix: rand::random(),
             tmp_seq: AtomicU64::new(0),
             no_xattr: AtomicBool::new(records_in == RecordsIn::Files),
@@ -127,8 +163,7 @@ impl HashStore {
     /// The record of this version of the file: from memory, else from where the file's
     /// record may be kept (`at`), else from the record file.
     fn load(&self, user: &str, stamp: &FileStamp, at: Option<XattrOf<'_>>) -> Option<Record> {
-        let key = (user.to_owned(), stamp.ino);
-        if let Some(r) = self.mem.lock().unwrap().get(&key) {
+        if let Some(r) = self.mem.lock().unwrap().get(user, stamp.ino) {
             if r.matches(stamp) {
                 return Some(r.clone());
             }
@@ -142,11 +177,10 @@ impl HashStore {
                 serde_json::from_slice::<Record>(&bytes).ok()
             })
             .filter(|r| r.matches(stamp))?;
-        let mut mem = self.mem.lock().unwrap();
-        if mem.len() >= MEM_CAP {
-            mem.clear();
-        }
-        mem.insert(key, rec.clone());
+        self.mem
+            .lock()
+            .unwrap()
+            .insert(user, stamp.ino, rec.clone());
         Some(rec)
     }
 
@@ -162,7 +196,7 @@ impl HashStore {
     ) -> Option<Digest> {
         // In memory: the one digest, not a copy of the whole record (a listing asks this for
         // every file).
-        if let Some(r) = self.mem.lock().unwrap().get(&(user.to_owned(), stamp.ino)) {
+        if let Some(r) = self.mem.lock().unwrap().get(user, stamp.ino) {
             return r
                 .matches(stamp)
                 .then(|| r.digests.get(algo.name()).cloned())
@@ -203,11 +237,7 @@ impl HashStore {
                 tracing::warn!(user, ino = stamp.ino, "cannot store a hash record: {e}");
             }
         }
-        let mut mem = self.mem.lock().unwrap();
-        if mem.len() >= MEM_CAP {
-            mem.clear();
-        }
-        mem.insert((user.to_owned(), stamp.ino), rec);
+        self.mem.lock().unwrap().insert(user, stamp.ino, rec);
     }
 
     /// Puts the record on the file. False if it is not there (the caller writes the record
@@ -244,7 +274,7 @@ impl HashStore {
     /// Drops the record of an inode whose file was removed or replaced (so records do not
     /// pile up for files long gone). Harmless if there is none.
     pub fn forget(&self, user: &str, ino: u64) {
-        self.mem.lock().unwrap().remove(&(user.to_owned(), ino));
+        self.mem.lock().unwrap().remove(user, ino);
         let _ = fs::remove_file(self.path(user, ino));
     }
 

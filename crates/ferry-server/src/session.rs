@@ -47,6 +47,8 @@ impl Pending {
 /// Requests gathered for one batch run (ops/batch.rs), and what stopped the gathering.
 #[derive(Default)]
 struct Run {
+    /// How many requests it may take.
+    limit: usize,
     items: Vec<batch::Item>,
     /// Body bytes the items hold.
     held: u64,
@@ -57,7 +59,22 @@ struct Run {
     fatal: Option<ConnError>,
 }
 
+/// Requests in the first run of a burst; each run after it may take twice as many as the
+/// one before, up to [`batch::MAX_ITEMS`]. A run's replies go out when the whole run is done,
+/// so the first reply of a burst waits for its first run: 256 small gets took ~3 ms, during
+/// which the client, which then works through replies slower than the server makes them,
+/// had nothing to do. Doubling keeps each run ready about when the client has worked
+/// through the one before.
+const FIRST_RUN: usize = 16;
+
 impl Run {
+    fn up_to(limit: usize) -> Self {
+        Run {
+            limit: limit.min(batch::MAX_ITEMS),
+            ..Run::default()
+        }
+    }
+
     fn push(&mut self, item: batch::Item) {
         self.held += item.held();
         self.items.push(item);
@@ -67,7 +84,7 @@ impl Run {
     fn is_open(&self) -> bool {
         self.next.is_none()
             && self.fatal.is_none()
-            && self.items.len() < batch::MAX_ITEMS
+            && self.items.len() < self.limit
             && self.held < batch::MAX_BYTES
     }
 
@@ -325,14 +342,14 @@ impl Session {
         limits: &Limits,
     ) -> Result<Option<Pending>, ConnError> {
         let body = conn.whole_body().await?;
-        let mut run = Run::default();
+        let mut run = Run::up_to(FIRST_RUN);
         run.push(self.batch_item(first, body));
         self.gather_buffered(&mut run, conn, limits);
         loop {
             let user = self.user_fs().expect("batches run logged in");
             let items = std::mem::take(&mut run.items);
             let mut job = tokio::task::spawn_blocking(move || batch::run(&user, items));
-            let mut following = Run::default();
+            let mut following = Run::up_to(run.limit * 2);
             // Gather the next run unless something already stopped this one (a full run
             // stopped nothing).
             let done = if run.next.is_none() && run.fatal.is_none() {
@@ -365,7 +382,9 @@ impl Session {
             if let Some(e) = run.fatal {
                 return Err(e);
             }
-            if conn.queued() >= FLUSH_AT {
+            // While runs are still growing, their replies go out at once: that is what the
+            // small first runs are for.
+            if conn.queued() >= FLUSH_AT || run.limit < batch::MAX_ITEMS {
                 conn.flush().await?;
             }
             if run.next.is_some() || following.items.is_empty() {
