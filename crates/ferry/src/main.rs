@@ -5,6 +5,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` for command output. When stdout is a pipe whose reader has gone (`ferry ls |
+/// head`), `println!` panics; this ends the process quietly instead, as `ls` or `cat` would.
+/// (SIGPIPE stays ignored: the client sends files with sendfile(2), where a closed socket
+/// must be an error, not a signal that kills the process.)
+macro_rules! outln {
+    () => {
+        $crate::cmd::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cmd::print_line(format_args!($($arg)*))
+    };
+}
+
 mod cmd;
 
 /// A multi-user file server and client with verified, resumable transfers.

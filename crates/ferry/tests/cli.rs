@@ -483,6 +483,42 @@ fn a_large_directory_lists_in_one_reply() {
     );
 }
 
+/// `ferry ls | head -1`: the reader goes away after one line. The listing must end quietly
+/// and successfully, not with a panic about a broken pipe.
+#[test]
+fn output_into_a_pipe_closed_early_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let srv = Server::start(&["lena"]);
+    let dir = srv.home("lena").join("many");
+    fs::create_dir_all(&dir).unwrap();
+    // Far more than a pipe buffer holds, so the writer meets the closed pipe.
+    for i in 0..4000 {
+        fs::write(
+            dir.join(format!("a-name-long-enough-to-fill-pipes-{i:05}")),
+            b"x",
+        )
+        .unwrap();
+    }
+    let mut child = srv
+        .ferry("lena")
+        .args(["ls", "-l", "many"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("a-name-long-enough"), "{first}");
+    // The reader is dropped here: the pipe is closed with most of the listing unwritten.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn passwords_never_reach_the_server_log() {
     let srv = Server::start(&["leo"]);

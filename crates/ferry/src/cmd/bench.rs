@@ -29,9 +29,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let direction = if args.reverse { "download" } else { "upload" };
         let transport = if client.is_tls() { "TLS" } else { "plain TCP" };
         if !args.json {
-            println!(
+            outln!(
                 "ferry bench: {direction} with {} over {transport} for {} s (memory to memory)",
-                args.remote.server, args.seconds
+                args.remote.server,
+                args.seconds
             );
         }
         let mut intervals = Vec::new();
@@ -43,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 if at - last_at >= 1.0 {
                     let bytes = s.bytes - last_bytes;
                     if !json {
-                        println!("{}", line(last_at, at, bytes, ""));
+                        outln!("{}", line(last_at, at, bytes, ""));
                     }
                     intervals.push(serde_json::json!({
                         "start": last_at, "end": at, "bytes": bytes,
@@ -55,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?;
         let secs = total.at.as_secs_f64();
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "direction": direction, "transport": transport, "seconds": secs,
@@ -65,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 })
             );
         } else {
-            println!("{}", line(0.0, secs, total.bytes, "  total"));
+            outln!("{}", line(0.0, secs, total.bytes, "  total"));
         }
         let _ = client.quit().await;
         Ok(ExitCode::SUCCESS)

@@ -55,7 +55,7 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
     let recv_size = args.recv_size as usize;
     let total: usize = messages.iter().map(String::len).sum();
 
-    println!(
+    outln!(
         "== 1. plain send/recv: {} messages, one send() each, {total} bytes; recv({recv_size}) ==",
         messages.len()
     );
@@ -79,7 +79,7 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
         };
         merged += usize::from(starts > 0);
         split += usize::from(cut);
-        println!(
+        outln!(
             "plain recv #{:<3} {:>4} bytes  {:<20} {}",
             i + 1,
             piece.len(),
@@ -88,14 +88,14 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
         );
         offset = end;
     }
-    println!(
+    outln!(
         "plain: {} sends arrived as {} recvs; {merged} recvs merged messages, {split} split one",
         messages.len(),
         pieces.len()
     );
 
-    println!();
-    println!("== 2. framed: 4-byte length + JSON header + body, same recv({recv_size}) ==");
+    outln!();
+    outln!("== 2. framed: 4-byte length + JSON header + body, same recv({recv_size}) ==");
     let pieces = exchange(&messages, recv_size, |m| {
         let mut frame = BytesMut::new();
         let mut fields = serde_json::Map::new();
@@ -125,14 +125,14 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        println!(
+        outln!(
             "framed recv #{:<3} {:>4} bytes  completes {} message(s)",
             i + 1,
             piece.len(),
             completed.len()
         );
         for text in completed {
-            println!("framed message #{}: {text}", received.len());
+            outln!("framed message #{}: {text}", received.len());
             received.push(text);
         }
     }
@@ -142,12 +142,12 @@ fn sticky(args: StickyArgs) -> anyhow::Result<ExitCode> {
         .zip(&messages)
         .filter(|(a, b)| a == b)
         .count();
-    println!(
+    outln!(
         "framed: {exact}/{} messages exact, in order",
         messages.len()
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Why: TCP delivers a stream of bytes, not messages, so one recv() may return several\n\
          sends glued together or part of one. Sending each message's length first lets the\n\
          receiver read exactly that many bytes, however the stream was cut."

@@ -8,6 +8,20 @@ pub mod serve;
 pub mod udp;
 pub mod user;
 
+/// Writes one line of command output to stdout (see `outln!`). A reader that has gone ends
+/// the process quietly, with success: what the command did is done, only its report is unread.
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("ferry: writing to stdout: {e}");
+        std::process::exit(i32::from(exit::FAILURE));
+    }
+}
+
 /// Exit codes, documented in README.md:
 /// 0 success, 1 generic failure, 2 usage error (clap's own), 3 connection/network failure,
 /// 4 authentication failure, 5 remote error (not found, permission, …), 6 verification failure,

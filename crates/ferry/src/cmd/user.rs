@@ -150,7 +150,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let list = users::list(&r)?;
             if json {
                 for (u, usage) in list {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({
                             "name": u.name,
@@ -162,12 +162,16 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     );
                 }
             } else {
-                println!(
+                outln!(
                     "{:<32} {:>12} {:>12} {:>10} {:>10}",
-                    "NAME", "QUOTA", "USED", "FILES", "MAX-FILES"
+                    "NAME",
+                    "QUOTA",
+                    "USED",
+                    "FILES",
+                    "MAX-FILES"
                 );
                 for (u, usage) in list {
-                    println!(
+                    outln!(
                         "{:<32} {:>12} {:>12} {:>10} {:>10}",
                         u.name,
                         format_size(u.quota_bytes),

@@ -358,7 +358,7 @@ pub fn finish_transfer(
         } else {
             "downloaded"
         };
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"files": report, count: files, "bytes": bytes, "seconds": seconds})
         );

@@ -96,10 +96,10 @@ pub async fn run_ls(
 ) -> anyhow::Result<ExitCode> {
     let (path, entries) = c.ls(path).await?;
     if output.json {
-        println!("{}", serde_json::json!({"path": path, "entries": entries}));
+        outln!("{}", serde_json::json!({"path": path, "entries": entries}));
     } else {
         for e in &entries {
-            println!("{}", format_entry(e, long));
+            outln!("{}", format_entry(e, long));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -156,7 +156,7 @@ pub fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
             match c.stat(p, args.algo).await {
                 Ok(e) => {
                     if !args.output.json {
-                        println!("{}", format_entry(&e, true));
+                        outln!("{}", format_entry(&e, true));
                     }
                     out.push(serde_json::to_value(&e)?);
                 }
@@ -168,7 +168,7 @@ pub fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if args.output.json {
-            println!("{}", serde_json::Value::Array(out));
+            outln!("{}", serde_json::Value::Array(out));
         }
         Ok(exit_for_failures(first.as_ref()))
     })
@@ -196,7 +196,7 @@ async fn each_path(
         }
     }
     if output.json {
-        println!("{}", serde_json::Value::Array(out));
+        outln!("{}", serde_json::Value::Array(out));
     }
     Ok(exit_for_failures(first.as_ref()))
 }
@@ -229,7 +229,7 @@ pub fn mv(args: MvArgs) -> anyhow::Result<ExitCode> {
         match c.mv(&args.from, &args.to, args.force).await {
             Ok((from, to)) => {
                 if args.output.json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"ok": true, "from": from, "to": to})
                     );
@@ -239,7 +239,7 @@ pub fn mv(args: MvArgs) -> anyhow::Result<ExitCode> {
             Err(err) => {
                 eprintln!("ferry: mv {} {}: {err}", args.from, args.to);
                 if args.output.json {
-                    println!("{}", error_json(&err));
+                    outln!("{}", error_json(&err));
                 }
                 Ok(exit_for_failures(Some(&err)))
             }
@@ -252,9 +252,9 @@ pub fn pwd(args: PwdArgs) -> anyhow::Result<ExitCode> {
         let mut c = args.remote.connect().await?;
         let cwd = c.pwd().await?;
         if args.output.json {
-            println!("{}", serde_json::json!({"cwd": cwd}));
+            outln!("{}", serde_json::json!({"cwd": cwd}));
         } else {
-            println!("{cwd}");
+            outln!("{cwd}");
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -111,11 +111,11 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
     match cmd.as_str() {
         "quit" | "exit" | "bye" => Ok(Flow::Quit),
         "help" | "?" => {
-            println!("{HELP}");
+            outln!("{HELP}");
             ok
         }
         "pwd" => {
-            println!("{}", client.pwd().await?);
+            outln!("{}", client.pwd().await?);
             ok
         }
         "cd" => {
@@ -132,7 +132,7 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
                 .map(|a| parse_algo(a))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            println!("{}", format_entry(&client.stat(path, algo).await?, true));
+            outln!("{}", format_entry(&client.stat(path, algo).await?, true));
             ok
         }
         "mkdir" => {
@@ -189,7 +189,7 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
             ok
         }
         "lpwd" => {
-            println!("{}", std::env::current_dir()?.display());
+            outln!("{}", std::env::current_dir()?.display());
             ok
         }
         "lls" => {
@@ -203,7 +203,7 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
                 .collect();
             names.sort();
             for n in names {
-                println!("{n}");
+                outln!("{n}");
             }
             ok
         }
