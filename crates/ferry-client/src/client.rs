@@ -62,6 +62,11 @@ pub struct Client {
     pub(crate) scratch: Vec<u8>,
 }
 
+/// Entries per `ls` reply at most: about 7 MiB of reply with hashes, well inside the 16 MiB
+/// a reply header may take, so a directory of any size can be listed. (Each page costs the
+/// server a pass over the whole directory, so pages are not made smaller than this.)
+pub const LS_PAGE: u64 = 50_000;
+
 impl Client {
     /// Connects (over TLS unless told otherwise) and exchanges greetings.
     pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Self> {
@@ -308,16 +313,33 @@ impl Client {
         }
     }
 
-    /// Lists a directory (or describes one file); `None` lists the working directory.
+    /// Lists a directory (or describes one file); `None` lists the working directory. A
+    /// directory too large for one reply is asked for in pages of [`LS_PAGE`] entries.
     pub async fn ls(&mut self, path: Option<&str>) -> Result<(String, Vec<Entry>)> {
-        match self
-            .call(Request::Ls {
-                path: path.map(str::to_owned),
-            })
-            .await?
-        {
-            Reply::Ls { path, entries } => Ok((path, entries)),
-            other => Err(unexpected("ls", &other)),
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let reply = self
+                .call(Request::Ls {
+                    path: path.map(str::to_owned),
+                    after: after.take(),
+                    limit: Some(LS_PAGE),
+                })
+                .await?;
+            match reply {
+                Reply::Ls {
+                    path,
+                    entries,
+                    more,
+                } => {
+                    after = entries.last().map(|e| e.name.clone()).filter(|_| more);
+                    listed.extend(entries);
+                    if after.is_none() {
+                        return Ok((path, listed));
+                    }
+                }
+                other => return Err(unexpected("ls", &other)),
+            }
         }
     }
 

@@ -25,7 +25,7 @@ pub mod tls;
 mod transfer;
 
 pub use bench::{BENCH_CHUNK, BenchSample};
-pub use client::{Client, ConnectOptions, Credential, LoggedIn, ServerHello};
+pub use client::{Client, ConnectOptions, Credential, LS_PAGE, LoggedIn, ServerHello};
 pub use error::{ClientError, Result};
 pub use progress::{NoProgress, Progress};
 pub use tls::{TlsMode, Trust};

@@ -348,7 +348,23 @@ impl Client {
         opts: &GetOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<Result<GetOutcome>>> {
-        let mut results = self.get_round(items, opts, progress).await?;
+        let (results, _) = self
+            .get_files_then(items, Vec::new(), opts, progress)
+            .await?;
+        Ok(results)
+    }
+
+    /// [`Self::get_files`], with `then` pipelined behind the downloads: their replies (bodies
+    /// skipped) come second. A tree download asks for the next page of its listing this way,
+    /// so the server lists it while the client is still writing files.
+    pub async fn get_files_then(
+        &mut self,
+        items: &[GetItem],
+        then: Vec<Request>,
+        opts: &GetOptions,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Result<GetOutcome>>, Vec<Result<Reply>>)> {
+        let (mut results, then_replies) = self.get_round(items, then, opts, progress).await?;
         // A partial that turned out to belong to another file is thrown away and the download
         // done again from the start, once.
         let retry = restarted(&results);
@@ -358,21 +374,25 @@ impl Client {
                 resume: false,
                 ..opts.clone()
             };
-            let redone = self.get_round(&again, &fresh, progress).await?;
+            let (redone, _) = self.get_round(&again, Vec::new(), &fresh, progress).await?;
             for (i, r) in retry.into_iter().zip(redone) {
                 results[i] = r;
             }
         }
-        Ok(settle(results, "download"))
+        Ok((settle(results, "download"), then_replies))
     }
 
+    #[allow(clippy::type_complexity)]
     async fn get_round(
         &mut self,
         items: &[GetItem],
+        then: Vec<Request>,
         opts: &GetOptions,
         progress: &dyn Progress,
-    ) -> Result<Vec<Result<GetOutcome, Retry>>> {
-        let first_id = self.reserve_ids(items.len());
+    ) -> Result<(Vec<Result<GetOutcome, Retry>>, Vec<Result<Reply>>)> {
+        let then_count = then.len();
+        let first_id = self.reserve_ids(items.len() + then_count);
+        let first_then_id = first_id + items.len() as u64;
         let mut scratch = self.scratch();
         let (mut reader, mut writer) = self.conn.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Leftover)>();
@@ -404,6 +424,11 @@ impl Client {
                 let _ = tx.send((index, id, held));
             }
             drop(tx);
+            for (i, request) in then.into_iter().enumerate() {
+                writer
+                    .queue(&RequestFrame::new(first_then_id + i as u64, request))
+                    .await?;
+            }
             writer.flush().await
         };
         let receive = async {
@@ -474,7 +499,16 @@ impl Client {
                 progress.finish_file(&item.remote, outcome.is_ok());
                 results.push(outcome.map_err(Retry::Failed));
             }
-            Ok::<_, ClientError>(results)
+            let mut then_replies = Vec::with_capacity(then_count);
+            for i in 0..then_count {
+                let reply = reader.read_reply().await?;
+                if reply.body_len > 0 {
+                    reader.skip_body(&mut scratch).await?;
+                }
+                check_id(&reply, first_then_id + i as u64)?;
+                then_replies.push(reply.result.map_err(ClientError::from));
+            }
+            Ok::<_, ClientError>((results, then_replies))
         };
         let (sent, received) = tokio::join!(send, receive);
         self.scratch = scratch;

@@ -89,9 +89,15 @@ pub enum Request {
     Cd {
         path: String,
     },
+    /// A directory's entries, sorted by name; with `after` and `limit`, one page of them:
+    /// at most `limit` entries whose names sort after `after`.
     Ls {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
     },
     /// Metadata of one path; with `algo`, the file's hash in that algorithm (computed if not
     /// yet known).
@@ -476,6 +482,8 @@ struct HotReply {
     hash: Option<Digest>,
     /// An `ls` reply's (a `get -r` starts with one of thousands of entries).
     entries: Option<Vec<Entry>>,
+    #[serde(default)]
+    more: bool,
 }
 
 fn hot_reply(json: &str) -> Option<(u64, Reply)> {
@@ -499,6 +507,7 @@ fn hot_reply(json: &str) -> Option<(u64, Reply)> {
         HotReplyOp::Ls => Reply::Ls {
             path: r.path,
             entries: r.entries?,
+            more: r.more,
         },
     };
     Some((r.id, reply))
@@ -605,6 +614,9 @@ pub enum Reply {
     Ls {
         path: String,
         entries: Vec<Entry>,
+        /// `limit` left entries out: ask again with `after` the last name listed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     Stat(Entry),
     Mkdir {

@@ -216,7 +216,11 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 overwrite,
                 mtime,
             }),
-        path.prop_map(|path| Request::Ls { path: Some(path) }),
+        (path, prop::option::of(any::<u64>())).prop_map(|(path, limit)| Request::Ls {
+            path: Some(path.clone()),
+            after: limit.map(|_| path),
+            limit,
+        }),
         Just(Request::Pwd),
         (path, path).prop_map(|(from, to)| Request::Mv {
             from,
@@ -307,7 +311,7 @@ fn ls_replies_read_directly_as_the_general_way_reads_them() {
         r#"{{"id":4,"ok":true,"op":"ls","path":"/d","entries":[{{"name":"a","kind":"file","size":1,"mtime":2,"hash":"{h}"}},{{"name":"b","kind":"dir","size":0,"mtime":-2,"extra":{{}}}}],"size":"ignored"}}"#
     ))
     .unwrap();
-    let Ok(Reply::Ls { path, entries }) = f.result else {
+    let Ok(Reply::Ls { path, entries, .. }) = f.result else {
         panic!("{:?}", f.result)
     };
     assert_eq!(path, "/d");

@@ -525,7 +525,9 @@ impl Session {
             }
             Request::Pwd => Ok(ops::pwd::run(self)),
             Request::Cd { path } => ops::cd::run(self, &path).await,
-            Request::Ls { path } => ops::ls::run(self, path.as_deref()).await,
+            Request::Ls { path, after, limit } => {
+                ops::ls::run(self, path.as_deref(), after.as_deref(), limit).await
+            }
             Request::Stat { path, algo } => ops::stat::run(self, &path, algo).await,
             Request::Mkdir { path, parents } => ops::mkdir::run(self, &path, parents).await,
             Request::Rm { path, recursive } => ops::rm::run(self, &path, recursive).await,

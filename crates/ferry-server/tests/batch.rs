@@ -113,6 +113,8 @@ async fn a_pipelined_run_with_failures_answers_each_in_order() {
     let ls_id = burst.add(
         Request::Ls {
             path: Some("/b".into()),
+            after: None,
+            limit: None,
         },
         &[],
     ); // ends the run
@@ -346,6 +348,8 @@ async fn requests_arriving_while_a_run_works_are_answered_in_order() {
             let ls = burst.add(
                 Request::Ls {
                     path: Some("/w".into()),
+                    after: None,
+                    limit: None,
                 },
                 &[],
             );

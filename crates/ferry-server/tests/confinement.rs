@@ -67,6 +67,8 @@ async fn traversal_names_are_invalid_and_change_nothing() {
             },
             Request::Ls {
                 path: Some(name.clone()),
+                after: None,
+                limit: None,
             },
             Request::Cd { path: name.clone() },
             Request::Mkdir {
@@ -138,6 +140,8 @@ async fn symlink_escapes_are_denied() {
         c.expect_err(
             Request::Ls {
                 path: Some(link.into()),
+                after: None,
+                limit: None,
             },
             ErrorCode::PermissionDenied,
         )

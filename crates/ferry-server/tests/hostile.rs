@@ -755,7 +755,11 @@ fn invalid_names() -> Vec<String> {
 fn requests_on(name: &str) -> Vec<Request> {
     let n = || name.to_string();
     vec![
-        Request::Ls { path: Some(n()) },
+        Request::Ls {
+            path: Some(n()),
+            after: None,
+            limit: None,
+        },
         Request::Cd { path: n() },
         Request::Stat {
             path: n(),
@@ -952,6 +956,8 @@ async fn odd_but_valid_names_stay_inside_the_home() {
             match c
                 .call(Request::Ls {
                     path: Some(name.clone()),
+                    after: None,
+                    limit: None,
                 })
                 .await
             {
@@ -1075,9 +1081,13 @@ async fn symlinks_out_of_the_home_are_never_followed() {
             },
             Request::Ls {
                 path: Some(l.to_string()),
+                after: None,
+                limit: None,
             },
             Request::Ls {
                 path: Some(through.clone()),
+                after: None,
+                limit: None,
             },
             Request::Cd {
                 path: l.to_string(),

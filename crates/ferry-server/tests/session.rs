@@ -71,7 +71,11 @@ async fn state_machine_errors() {
     // Before login: auth_required.
     for r in [
         Request::Pwd,
-        Request::Ls { path: None },
+        Request::Ls {
+            path: None,
+            after: None,
+            limit: None,
+        },
         Request::Get {
             path: "/x".into(),
             offset: 0,
@@ -198,6 +202,77 @@ async fn fatal_frames_get_one_error_and_close() {
     srv.stop().await;
 }
 
+/// `ls` with `after` and `limit`: pages that together are the whole listing, each the next
+/// names in byte order, `more` on all but the last; `limit` 0 refused; a file lists itself
+/// only if its name comes after `after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_pages_cover_the_listing_once_in_order() {
+    let srv = TestServer::start().await;
+    let mut c = srv.login("alice").await;
+    let dir = srv.home("alice").join("p");
+    std::fs::create_dir(&dir).unwrap();
+    let mut names: Vec<String> = (0..23).map(|i| format!("n{i:02}")).collect();
+    names.extend(["Zed".into(), "ä-umlaut".into(), "sub".into()]);
+    for n in &names {
+        if n == "sub" {
+            std::fs::create_dir(dir.join(n)).unwrap();
+        } else {
+            std::fs::write(dir.join(n), n.as_bytes()).unwrap();
+        }
+    }
+    names.sort(); // byte order: "Zed" < "n00" < … < "sub" < "ä-umlaut"
+    let page = |after: Option<&str>, limit| Request::Ls {
+        path: Some("/p".into()),
+        after: after.map(str::to_owned),
+        limit: Some(limit),
+    };
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let Ok(Reply::Ls { entries, more, .. }) = c.call(page(after.as_deref(), 5)).await else {
+            panic!("ls page")
+        };
+        pages += 1;
+        assert!(entries.len() <= 5);
+        assert_eq!(
+            more,
+            seen.len() + entries.len() < names.len(),
+            "page {pages}"
+        );
+        seen.extend(entries.into_iter().map(|e| e.name));
+        after = seen.last().cloned();
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(pages, names.len().div_ceil(5));
+    assert_eq!(seen, names);
+    // Past the last name: nothing, and nothing more.
+    let Ok(Reply::Ls { entries, more, .. }) = c.call(page(Some("\u{10ffff}"), 5)).await else {
+        panic!("ls past the end")
+    };
+    assert!(entries.is_empty() && !more);
+    // Without a limit, everything in one reply, as before.
+    assert_eq!(c.ls("/p").await.len(), names.len());
+    c.expect_err(page(None, 0), ErrorCode::BadRequest).await;
+    // A file is its own one-entry listing, if its name comes after `after`.
+    let file = |after: &str| Request::Ls {
+        path: Some("/p/n07".into()),
+        after: Some(after.into()),
+        limit: Some(1),
+    };
+    let Ok(Reply::Ls { entries, .. }) = c.call(file("n06")).await else {
+        panic!("ls of a file")
+    };
+    assert_eq!(entries.len(), 1);
+    let Ok(Reply::Ls { entries, more, .. }) = c.call(file("n07")).await else {
+        panic!("ls of a file")
+    };
+    assert!(entries.is_empty() && !more);
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_commands() {
     let srv = TestServer::start().await;
@@ -310,8 +385,16 @@ async fn directory_commands() {
     let one = c.ls("/docs/b.txt").await;
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].name, "b.txt");
-    match c.call(Request::Ls { path: None }).await.unwrap() {
-        Reply::Ls { path, entries } => {
+    match c
+        .call(Request::Ls {
+            path: None,
+            after: None,
+            limit: None,
+        })
+        .await
+        .unwrap()
+    {
+        Reply::Ls { path, entries, .. } => {
             assert_eq!(path, "/");
             assert_eq!(entries.len(), 2);
         }
@@ -320,6 +403,8 @@ async fn directory_commands() {
     c.expect_err(
         Request::Ls {
             path: Some("/nope".into()),
+            after: None,
+            limit: None,
         },
         ErrorCode::NotFound,
     )
@@ -624,6 +709,8 @@ async fn too_large_and_internal_codes() {
     c.expect_err(
         Request::Ls {
             path: Some("/many".into()),
+            after: None,
+            limit: None,
         },
         ErrorCode::TooLarge,
     )

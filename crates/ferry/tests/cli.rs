@@ -483,6 +483,47 @@ fn a_large_directory_lists_in_one_reply() {
     );
 }
 
+/// A tree larger than the first pages of its listing (256, then 2,048 entries): `get -r`
+/// fetches each page's files while it asks for the next page, and must end up with every
+/// file once, whole, and the directories found on later pages too.
+#[test]
+fn a_tree_listed_over_several_pages_downloads_whole() {
+    let srv = Server::start(&["mona"]);
+    let home = srv.home("mona");
+    let mut expected = Vec::new();
+    for i in 0..2_600 {
+        expected.push((format!("big/f{i:05}"), bytes(i, (i as usize * 13) % 700)));
+    }
+    // Directories whose names sort in the first, second and last page.
+    for d in ["big/a-dir", "big/f01000-dir", "big/zz-dir"] {
+        for j in 0..3 {
+            expected.push((format!("{d}/g{j}"), bytes(9_000 + j, 100 + j as usize)));
+        }
+    }
+    for (rel, data) in &expected {
+        write(&home.join(rel), data);
+    }
+    let dst = tempfile::tempdir().unwrap();
+    let out = json(
+        srv.ferry("mona")
+            .args(["get", "-r", "--json", "big"])
+            .arg(dst.path()),
+    );
+    assert_eq!(out["downloaded"], expected.len(), "{}", out["failed"]);
+    for (rel, data) in &expected {
+        assert_eq!(&fs::read(dst.path().join(rel)).unwrap(), data, "{rel}");
+    }
+    assert_eq!(names_in(&dst.path().join("big")).len(), 2_603);
+    // Everything is there now: a second run refuses every file, and lists each just once.
+    let out = run(srv
+        .ferry("mona")
+        .args(["get", "-r", "--json", "big"])
+        .arg(dst.path()));
+    let report = report_of(&out);
+    assert_eq!(report["downloaded"], 0, "{report}");
+    assert_eq!(failures(&report).len(), expected.len());
+}
+
 /// `ferry ls | head -1`: the reader goes away after one line. The listing must end quietly
 /// and successfully, not with a panic about a broken pipe.
 #[test]
@@ -609,6 +650,7 @@ fn malicious_server() -> std::net::SocketAddr {
                             file("..", 4),
                             file("ok.txt", 2),
                         ],
+                        more: false,
                     }),
                     b"",
                 ),

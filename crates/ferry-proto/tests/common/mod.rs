@@ -208,7 +208,12 @@ pub fn bodiless_request() -> impl Strategy<Value = Request> {
         Just(Request::Pwd),
         Just(Request::Logout),
         text().prop_map(|path| Request::Cd { path }),
-        prop::option::of(text()).prop_map(|path| Request::Ls { path }),
+        (
+            prop::option::of(text()),
+            prop::option::of(text()),
+            prop::option::of(any::<u64>())
+        )
+            .prop_map(|(path, after, limit)| Request::Ls { path, after, limit }),
         (text(), algo()).prop_map(|(path, algo)| Request::Stat { path, algo }),
         (text(), any::<bool>()).prop_map(|(path, parents)| Request::Mkdir { path, parents }),
         (text(), any::<bool>()).prop_map(|(path, recursive)| Request::Rm { path, recursive }),
@@ -325,8 +330,13 @@ pub fn bodiless_reply() -> impl Strategy<Value = Reply> {
         text().prop_map(|cwd| Reply::Pwd { cwd }),
         any::<bool>().prop_map(|revoked| Reply::Logout { revoked }),
         text().prop_map(|cwd| Reply::Cd { cwd }),
-        (text(), prop::collection::vec(entry(), 0..4))
-            .prop_map(|(path, entries)| Reply::Ls { path, entries }),
+        (text(), prop::collection::vec(entry(), 0..4), any::<bool>()).prop_map(
+            |(path, entries, more)| Reply::Ls {
+                path,
+                entries,
+                more
+            }
+        ),
         entry().prop_map(Reply::Stat),
         text().prop_map(|path| Reply::Mkdir { path }),
         text().prop_map(|path| Reply::Rm { path }),

@@ -337,6 +337,8 @@ impl Client {
         match self
             .call(Request::Ls {
                 path: Some(path.into()),
+                after: None,
+                limit: None,
             })
             .await
         {

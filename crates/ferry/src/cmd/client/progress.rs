@@ -16,20 +16,38 @@ pub struct Bars {
     file_style: ProgressStyle,
     overall: Option<ProgressBar>,
     current: Mutex<Option<ProgressBar>>,
-    files: usize,
+    files: AtomicUsize,
     done: AtomicUsize,
 }
 
 impl Bars {
     /// Bars for `files` files of `total` bytes in all; hidden when `visible` is false.
     pub fn new(visible: bool, files: usize, total: u64) -> Self {
+        Self::with_overall(visible, files, total, files > 1)
+    }
+
+    /// Bars for a download whose files are found as it goes (a tree listed page by page):
+    /// [`Self::grow`] adds them.
+    pub fn growing(visible: bool) -> Self {
+        Self::with_overall(visible, 0, 0, true)
+    }
+
+    /// Adds `files` files of `bytes` bytes in all to what the overall bar expects.
+    pub fn grow(&self, files: usize, bytes: u64) {
+        self.files.fetch_add(files, Ordering::Relaxed);
+        if let Some(o) = &self.overall {
+            o.inc_length(bytes);
+        }
+    }
+
+    fn with_overall(visible: bool, files: usize, total: u64, overall: bool) -> Self {
         let target = if visible {
             ProgressDrawTarget::stderr_with_hz(10)
         } else {
             ProgressDrawTarget::hidden()
         };
         let multi = MultiProgress::with_draw_target(target);
-        let overall = (visible && files > 1).then(|| {
+        let overall = (visible && overall).then(|| {
             let bar = multi.add(ProgressBar::new(total));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -50,7 +68,7 @@ impl Bars {
             .expect("valid template"),
             overall,
             current: Mutex::new(None),
-            files,
+            files: AtomicUsize::new(files),
             done: AtomicUsize::new(0),
         }
     }
@@ -98,7 +116,8 @@ impl Progress for Bars {
         }
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(o) = &self.overall {
-            o.set_message(format!("{done}/{} files", self.files));
+            let files = self.files.load(Ordering::Relaxed);
+            o.set_message(format!("{done}/{files} files"));
         }
     }
 }
