@@ -483,7 +483,7 @@ fn a_large_directory_lists_in_one_reply() {
     );
 }
 
-/// A tree larger than the first pages of its listing (256, then 2,048 entries): `get -r`
+/// A tree listed over several pages (`FERRY_LS_PAGE=500` here, 50,000 by default): `get -r`
 /// fetches each page's files while it asks for the next page, and must end up with every
 /// file once, whole, and the directories found on later pages too.
 #[test]
@@ -506,6 +506,7 @@ fn a_tree_listed_over_several_pages_downloads_whole() {
     let dst = tempfile::tempdir().unwrap();
     let out = json(
         srv.ferry("mona")
+            .env("FERRY_LS_PAGE", "500")
             .args(["get", "-r", "--json", "big"])
             .arg(dst.path()),
     );
@@ -517,6 +518,7 @@ fn a_tree_listed_over_several_pages_downloads_whole() {
     // Everything is there now: a second run refuses every file, and lists each just once.
     let out = run(srv
         .ferry("mona")
+        .env("FERRY_LS_PAGE", "500")
         .args(["get", "-r", "--json", "big"])
         .arg(dst.path()));
     let report = report_of(&out);

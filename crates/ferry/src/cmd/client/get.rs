@@ -97,11 +97,6 @@ impl Present {
     }
 }
 
-/// Entries in the first page of a directory's listing; each next page may hold 8 times as
-/// many, up to [`LS_PAGE`]. Small, so the first gets go out after a short wait; growing, so
-/// a large directory costs few passes over it (each page is one, on the server).
-const FIRST_PAGE: u64 = 256;
-
 /// A remote directory being listed into a local one, a page at a time.
 struct Listing {
     remote: String,
@@ -111,7 +106,6 @@ struct Listing {
     present: Option<Present>,
     /// The last name listed so far.
     after: Option<String>,
-    page: u64,
 }
 
 impl Listing {
@@ -123,7 +117,6 @@ impl Listing {
                 local,
                 present: Some(p),
                 after: None,
-                page: FIRST_PAGE,
             }),
             Err(e) => {
                 let what = local.display().to_string();
@@ -136,9 +129,20 @@ impl Listing {
         Request::Ls {
             path: Some(self.remote.clone()),
             after: self.after.clone(),
-            limit: Some(self.page),
+            limit: Some(ls_page()),
         }
     }
+}
+
+/// Entries per listing page: [`LS_PAGE`], or `FERRY_LS_PAGE` (a smaller page costs the
+/// server more passes over a large directory; the tests use it to cross page boundaries
+/// without 50,000 files).
+fn ls_page() -> u64 {
+    std::env::var("FERRY_LS_PAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(LS_PAGE)
 }
 
 fn exists_error(item: &GetItem) -> ClientError {
@@ -320,10 +324,11 @@ pub async fn get_paths(
             pending_bytes += size;
         }
     }
-    // Remote directories are listed a page at a time. Each round pipelines the gets of what
-    // the last round listed with the next page of every listing still open (and the first
-    // page of each directory found), so the server lists while the client writes files:
-    // a `get -r` of 2,000 files used to wait ~9 ms for its whole listing before the first get.
+    // Remote directories are listed a page at a time (a directory of any size fits). Each
+    // round pipelines the gets of what the last round listed with the next page of every
+    // listing still open and the first page of each directory found. (Small first pages,
+    // to start the gets sooner, measured slower: 2,000 files in pages of 256 then 2,048 took
+    // ~70 ms where one page took ~53, under strace; see docs/BENCHMARKS.md.)
     let mut open: Vec<Listing> = Vec::new();
     for (remote, local) in dirs {
         match Listing::start(remote, local) {
@@ -412,7 +417,6 @@ pub async fn get_paths(
             // An old server ignores `limit` and says nothing of `more`: its one page is all.
             if let (true, Some(last)) = (more, last) {
                 listing.after = Some(last);
-                listing.page = (listing.page * 8).min(LS_PAGE);
                 still_open.push(listing);
             }
         }
