@@ -108,18 +108,15 @@ pub fn hash_password_with(password: &str, params: argon2::Params) -> Result<Stri
 /// Verifies a password against a PHC string; a malformed PHC string verifies nothing.
 ///
 /// The argon2 memory (19 MiB with the default parameters) is reused from one verification to
-/// the next: allocating it fresh cost every login a 19 MiB memset (and a heap that keeps the
-/// memory anyway once glibc's mmap threshold has grown past it). One block set is kept
-/// between logins, but its pages are handed back to the kernel after each use
-/// ([`release_pages`]): kept resident, they were 19 MiB of the server's RSS for good after
-/// one password login, which left a 1 GiB TLS upload 31.9–32.8 MiB against its 32 MiB
-/// target. The next login faults them in again (~4,900 page faults, zero-filled, no
-/// memset); token logins never touch them. Logins running at once (bounded by the server's
-/// login permits) take fresh sets.
+/// the next: allocating it fresh cost every login ~4,900 page faults and a 19 MiB memset,
+/// about a quarter of a login's CPU. One block set is kept between logins; logins running at
+/// once (bounded by the server's login permits) take fresh ones. Kept resident for good, it
+/// was 19 MiB of the server's RSS after a single password login (a 1 GiB TLS upload then
+/// peaked at 31.9–32.8 MiB against its 32 MiB target), so the login op hands its pages back
+/// to the kernel once logins have paused ([`release_spare_unless_used_since`]).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     /// 64 MiB of 1 KiB blocks.
     const SPARE_MAX_BLOCKS: usize = 64 * 1024;
-    static SPARE: Mutex<Vec<argon2::Block>> = Mutex::new(Vec::new());
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
@@ -142,7 +139,7 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
         return false;
     };
-    let mut blocks = std::mem::take(&mut *SPARE.lock().unwrap());
+    let mut blocks = std::mem::take(&mut SPARE.lock().unwrap().blocks);
     blocks.resize(params.block_count(), argon2::Block::default());
     let mut out = vec![0u8; expected.len()];
     let hashed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
@@ -153,11 +150,41 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     );
     // A huge set (a hash made with unusual parameters) is not worth keeping around.
     if blocks.capacity() <= SPARE_MAX_BLOCKS {
-        release_pages(&mut blocks);
-        *SPARE.lock().unwrap() = blocks;
+        let mut spare = SPARE.lock().unwrap();
+        spare.blocks = blocks;
+        spare.uses += 1;
     }
     // `Output`'s equality is constant-time.
     hashed.is_ok() && argon2::password_hash::Output::new(&out).is_ok_and(|o| o == expected)
+}
+
+/// The argon2 block set kept between verifications.
+struct Spare {
+    blocks: Vec<argon2::Block>,
+    /// Verifications that put it back; tells [`release_spare_unless_used_since`] whether it
+    /// was used since.
+    uses: u64,
+}
+
+static SPARE: Mutex<Spare> = Mutex::new(Spare {
+    blocks: Vec::new(),
+    uses: 0,
+});
+
+/// How many verifications have used the spare block set so far.
+pub fn spare_uses() -> u64 {
+    SPARE.lock().unwrap().uses
+}
+
+/// Hands the spare block set's pages back to the kernel, unless a verification has used it
+/// since [`spare_uses`] said `uses`: a burst of logins keeps it resident (a fresh set costs
+/// page faults), a server between logins does not keep 19 MiB for nothing. Blocking (an
+/// madvise of up to 64 MiB).
+pub fn release_spare_unless_used_since(uses: u64) {
+    let mut spare = SPARE.lock().unwrap();
+    if spare.uses == uses {
+        release_pages(&mut spare.blocks);
+    }
 }
 
 /// Gives the whole pages under `blocks` back to the kernel (`MADV_DONTNEED`): they read as
@@ -373,8 +400,10 @@ mod tests {
         let other = hash_password("battery staple").unwrap();
         for _ in 0..3 {
             assert!(verify_password("right horse", &phc));
+            release_spare_unless_used_since(spare_uses());
             assert!(!verify_password("wrong horse", &phc));
             assert!(verify_password("battery staple", &other));
+            release_spare_unless_used_since(spare_uses());
         }
         // 300 KiB of non-zero blocks: all but the partly covered pages at the two ends read
         // as zeros once released.

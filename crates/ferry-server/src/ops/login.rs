@@ -18,7 +18,12 @@ use crate::quota;
 use crate::session::{Session, User};
 use crate::throttle::{SessionCount, Verdict};
 use crate::tokens::credential_of;
-use crate::users::{validate_name, verify_dummy, verify_password};
+use crate::users::{
+    release_spare_unless_used_since, spare_uses, validate_name, verify_dummy, verify_password,
+};
+
+/// How long the argon2 memory stays resident after a password check.
+const SPARE_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn run(
     s: &mut Session,
@@ -73,6 +78,13 @@ async fn with_password(s: &mut Session, name: String, password: String) -> Resul
     })
     .await?;
     drop(permit);
+    // The argon2 memory stays resident while logins keep coming, and is given back a second
+    // after the last one (users.rs `verify_password`).
+    let uses = spare_uses();
+    tokio::spawn(async move {
+        tokio::time::sleep(SPARE_KEPT_FOR).await;
+        let _ = tokio::task::spawn_blocking(move || release_spare_unless_used_since(uses)).await;
+    });
     let Some(credential) = credential else {
         tracing::info!(peer = %s.peer, user = %name, "login failed");
         let delay = s.shared.throttle.failed(addr, &name, Instant::now());
