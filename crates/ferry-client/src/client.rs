@@ -276,18 +276,7 @@ impl Client {
             }
             writer.flush().await
         };
-        let receive = async {
-            let mut out = Vec::with_capacity(count);
-            for i in 0..count {
-                let reply = reader.read_reply().await?;
-                if reply.body_len > 0 {
-                    reader.skip_body(&mut scratch).await?;
-                }
-                check_id(&reply, first + i as u64)?;
-                out.push(reply.result.map_err(ClientError::from));
-            }
-            Ok::<_, ClientError>(out)
-        };
+        let receive = read_results(&mut reader, &mut scratch, first, count);
         let (sent, received) = tokio::join!(send, receive);
         self.scratch = scratch;
         sent?;
@@ -413,6 +402,26 @@ impl Client {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Reads the replies to `count` requests sent with ids from `first` on, in order, skipping
+/// any bodies. The outer error means the connection failed.
+pub(crate) async fn read_results(
+    reader: &mut crate::conn::FrameReader<'_>,
+    scratch: &mut [u8],
+    first: u64,
+    count: usize,
+) -> Result<Vec<Result<Reply>>> {
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let reply = reader.read_reply().await?;
+        if reply.body_len > 0 {
+            reader.skip_body(scratch).await?;
+        }
+        check_id(&reply, first + i as u64)?;
+        out.push(reply.result.map_err(ClientError::from));
+    }
+    Ok(out)
 }
 
 pub(crate) fn check_id(reply: &ReplyFrame, id: u64) -> Result<()> {

@@ -12,7 +12,7 @@ use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply, Request, RequestFr
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::client::{Client, check_id, unexpected};
+use crate::client::{Client, check_id, read_results, unexpected};
 use crate::error::{ClientError, Result};
 use crate::progress::Progress;
 
@@ -499,15 +499,8 @@ impl Client {
                 progress.finish_file(&item.remote, outcome.is_ok());
                 results.push(outcome.map_err(Retry::Failed));
             }
-            let mut then_replies = Vec::with_capacity(then_count);
-            for i in 0..then_count {
-                let reply = reader.read_reply().await?;
-                if reply.body_len > 0 {
-                    reader.skip_body(&mut scratch).await?;
-                }
-                check_id(&reply, first_then_id + i as u64)?;
-                then_replies.push(reply.result.map_err(ClientError::from));
-            }
+            let then_replies =
+                read_results(&mut reader, &mut scratch, first_then_id, then_count).await?;
             Ok::<_, ClientError>((results, then_replies))
         };
         let (sent, received) = tokio::join!(send, receive);
