@@ -13,12 +13,15 @@
 //!   first use and pinned by fingerprint in a known-hosts file.
 //! - [`sessions`]: the cache of session tokens per (server, user), so a run of commands logs in
 //!   with the password once.
+//! - [`hash_cache`]: the hashes of large files already uploaded, so an unchanged file is read
+//!   once per upload, not twice.
 //! - [`Progress`]: hooks the CLI uses to draw progress bars; the library prints nothing.
 
 mod bench;
 mod client;
 mod conn;
 mod error;
+pub mod hash_cache;
 mod progress;
 pub mod sessions;
 pub mod tls;

@@ -60,6 +60,11 @@ pub fn default_sessions() -> PathBuf {
     config_dir().join("sessions")
 }
 
+/// Where the CLI keeps the hashes of uploaded files (see [`crate::hash_cache`]).
+pub fn default_hash_cache() -> PathBuf {
+    config_dir().join("hashes")
+}
+
 /// The fingerprint of a DER certificate, as `ferry serve` prints it: `sha256:<hex>`.
 pub fn fingerprint(cert_der: &[u8]) -> Digest {
     Digest::of(HashAlgo::Sha256, cert_der)

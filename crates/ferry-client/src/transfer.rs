@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::client::{Client, check_id, read_results, unexpected};
 use crate::error::{ClientError, Result};
+use crate::hash_cache::{FileVersion, HashCache};
 use crate::progress::Progress;
 
 /// Files at least this large are asked about (`resume`) before upload, and read with
@@ -45,6 +46,9 @@ pub struct PutOptions {
     /// Continue interrupted uploads of the same file (same path and size, and same hash or,
     /// when the hash is sent after the body, same modification time).
     pub resume: bool,
+    /// Where the hashes of uploaded large files are kept ([`HashCache`]), so that an
+    /// unchanged file is not hashed again; `None` hashes every file.
+    pub hash_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,6 +122,12 @@ struct Prepared {
     hash: Option<Digest>,
     mtime: Option<i64>,
     offset: u64,
+    /// The file as it was when its upload began, and when that was: its hash is kept in the
+    /// [`HashCache`] only if the file is still that version once the server agrees.
+    version: FileVersion,
+    began: std::time::SystemTime,
+    /// `hash` came from the [`HashCache`].
+    cached: bool,
 }
 
 /// Why one item of a round of uploads or downloads did not finish.
@@ -186,7 +196,8 @@ impl Client {
         opts: &PutOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<Result<PutOutcome, Retry>>> {
-        let prepared = self.prepare_large_puts(items, opts).await?;
+        let mut cache = None;
+        let prepared = self.prepare_large_puts(items, opts, &mut cache).await?;
         let first_id = self.reserve_ids(items.len());
         let (mut reader, mut writer) = self.conn.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<PutSent>();
@@ -228,14 +239,42 @@ impl Client {
                     PutSent::Request { index, id, offset } => {
                         let reply = reader.read_reply().await?;
                         check_id(&reply, id)?;
+                        let prep = prepared[index].as_ref();
                         let outcome = match reply.result {
-                            Ok(Reply::Put { path, size, hash }) => Ok(PutOutcome {
-                                remote: path,
-                                size,
-                                hash,
-                                resumed_from: offset,
-                            }),
+                            Ok(Reply::Put { path, size, hash }) => {
+                                if let (Some(p), Some(cache)) = (prep, cache.as_mut()) {
+                                    // The server's own hash of what it received: keep it
+                                    // if the file is still the version that was sent.
+                                    if let Ok(meta) = fs::metadata(&items[index].local) {
+                                        let now = FileVersion::of(&meta);
+                                        cache.record(&p.version, &now, p.began, hash.clone());
+                                    }
+                                }
+                                Ok(PutOutcome {
+                                    remote: path,
+                                    size,
+                                    hash,
+                                    resumed_from: offset,
+                                })
+                            }
                             Ok(other) => Err(Retry::Failed(unexpected("put", &other))),
+                            Err(e)
+                                if e.code == ErrorCode::ChecksumMismatch
+                                    && prep.is_some_and(|p| p.cached) =>
+                            {
+                                // The kept hash was wrong (the file changed in a way its
+                                // stat did not show): forget it, and upload the file again,
+                                // hashing it.
+                                if let (Some(p), Some(cache)) = (prep, cache.as_mut()) {
+                                    cache.forget(&p.version);
+                                }
+                                tracing::warn!(
+                                    "{}: the hash kept from an earlier upload did not match; \
+                                     uploading it again",
+                                    items[index].local.display()
+                                );
+                                Err(Retry::Restart)
+                            }
                             Err(e) if offset > 0 && e.code == ErrorCode::ChecksumMismatch => {
                                 Err(Retry::Restart)
                             }
@@ -251,6 +290,11 @@ impl Client {
             Ok::<_, ClientError>(results)
         };
         let (sent, received) = tokio::join!(send, receive);
+        if let Some(cache) = cache.as_mut() {
+            if let Err(e) = cache.save() {
+                tracing::warn!("cannot save {}: {e}", cache.path().display());
+            }
+        }
         sent?;
         Ok(received?
             .into_iter()
@@ -266,6 +310,7 @@ impl Client {
         &mut self,
         items: &[PutItem],
         opts: &PutOptions,
+        cache: &mut Option<HashCache>,
     ) -> Result<Vec<Option<Prepared>>> {
         let deferred = self
             .hello()
@@ -279,15 +324,23 @@ impl Client {
                 prepared.push(None);
                 continue;
             }
-            let (size, mtime) = match fs::metadata(&item.local) {
-                Ok(m) if m.is_file() && m.len() >= LARGE_FILE => (m.len(), mtime_secs(&m)),
+            let began = std::time::SystemTime::now();
+            let (size, mtime, version) = match fs::metadata(&item.local) {
+                Ok(m) if m.is_file() && m.len() >= LARGE_FILE => {
+                    (m.len(), mtime_secs(&m), FileVersion::of(&m))
+                }
                 _ => {
                     prepared.push(None);
                     continue;
                 }
             };
-            let hash = if deferred {
-                None
+            if cache.is_none() {
+                *cache = opts.hash_cache.as_ref().map(HashCache::load);
+            }
+            let kept = cache.as_mut().and_then(|c| c.get(&version));
+            let cached = kept.is_some();
+            let hash = if kept.is_some() || deferred {
+                kept
             } else {
                 match hash_file(&item.local, HashAlgo::Blake3) {
                     Ok(h) => Some(h),
@@ -314,6 +367,9 @@ impl Client {
                 hash,
                 mtime,
                 offset: 0,
+                version,
+                began,
+                cached,
             }));
         }
         if !asks.is_empty() {

@@ -1494,3 +1494,61 @@ fn serve_keeps_hash_records_where_hash_records_says() {
         "{err}"
     );
 }
+
+/// An unchanged large file uploaded again is not hashed again: the hash the server agreed on
+/// at its first upload is kept in `$FERRY_CONFIG_DIR/hashes` (only once the file has been
+/// still for two seconds). A kept hash that is wrong, here forged, is refused by the server;
+/// the client drops it, says so, and uploads the file once more, hashing it.
+#[test]
+fn a_kept_hash_is_reused_and_a_wrong_one_is_dropped_and_redone() {
+    let srv = Server::start(&["kim"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let data = bytes(21, 3 * 1024 * 1024);
+    write(&file, &data);
+    let cache = srv.config.path().join("hashes");
+
+    // Just written: too fresh to keep its hash.
+    let out = json(srv.ferry("kim").args(["put", "--json"]).arg(&file));
+    let hash = out["files"][0]["hash"].as_str().unwrap().to_owned();
+    assert!(
+        !fs::read_to_string(&cache)
+            .unwrap_or_default()
+            .contains(&hash)
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    ok(srv.ferry("kim").args(["put", "-q", "-f"]).arg(&file));
+    let kept = fs::read_to_string(&cache).unwrap();
+    assert!(kept.contains(&hash), "{kept}");
+
+    let wrong = format!("blake3:{}", "0".repeat(64));
+    fs::write(&cache, kept.replace(&hash, &wrong)).unwrap();
+    let out = run(srv.ferry("kim").args(["put", "--json", "-f"]).arg(&file));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the hash kept from an earlier upload did not match"),
+        "{stderr}"
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["uploaded"], 1, "{reply}");
+    assert_eq!(reply["files"][0]["hash"], hash.as_str(), "{reply}");
+    assert_eq!(fs::read(srv.home("kim").join("big.bin")).unwrap(), data);
+    let kept = fs::read_to_string(&cache).unwrap();
+    assert!(kept.contains(&hash) && !kept.contains(&wrong), "{kept}");
+
+    // --rehash does not look: the forged hash stays where it is, unused.
+    fs::write(&cache, kept.replace(&hash, &wrong)).unwrap();
+    let out = run(srv
+        .ferry("kim")
+        .args(["put", "-q", "-f", "--rehash"])
+        .arg(&file));
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::read_to_string(&cache).unwrap().contains(&wrong));
+}

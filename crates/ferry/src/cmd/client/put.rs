@@ -26,6 +26,10 @@ pub struct PutArgs {
     /// Start interrupted uploads over instead of continuing them.
     #[arg(long)]
     pub no_resume: bool,
+    /// Hash every file as it is sent, even an unchanged one whose hash was kept from an
+    /// earlier upload ($FERRY_CONFIG_DIR/hashes).
+    #[arg(long)]
+    pub rehash: bool,
     #[command(flatten)]
     pub remote: Remote,
     #[command(flatten)]
@@ -42,6 +46,7 @@ async fn run(args: PutArgs) -> anyhow::Result<ExitCode> {
     let opts = PutOptions {
         overwrite: args.force,
         resume: !args.no_resume,
+        hash_cache: (!args.rehash).then(ferry_client::tls::default_hash_cache),
     };
     // `put FILE DEST`, DEST not an existing remote directory: upload FILE as DEST, as cp and
     // scp do. A DEST ending in `/` always means a directory.

@@ -159,6 +159,7 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
             let opts = PutOptions {
                 overwrite: has("-f"),
                 resume: true,
+                hash_cache: Some(ferry_client::tls::default_hash_cache()),
             };
             Ok(Flow::Continue(
                 put_paths(client, &locals, ".", None, has("-r"), &opts, output).await?,
