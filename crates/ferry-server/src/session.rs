@@ -154,25 +154,48 @@ impl Shared {
 pub struct UploadGuard {
     shared: Arc<Shared>,
     path: (String, String),
-    partial: (String, String),
+    /// `None` for an upload that writes no partial (a small one made without a name).
+    partial: Option<(String, String)>,
 }
 
 impl UploadGuard {
-    /// `None` if another upload to the same path (by this user) is in progress.
-    pub fn acquire(shared: &Arc<Shared>, user: &str, path: &VPath, partial: &str) -> Option<Self> {
+    /// `None` if another upload to the same path (by this user), or to the same partial, is
+    /// in progress. Without `partial`, only the path is claimed ([`UploadGuard::add_partial`]
+    /// claims one later).
+    pub fn acquire(
+        shared: &Arc<Shared>,
+        user: &str,
+        path: &VPath,
+        partial: Option<&str>,
+    ) -> Option<Self> {
         let path = (user.to_owned(), path.display());
-        let partial = (user.to_owned(), partial.to_owned());
+        let partial = partial.map(|p| (user.to_owned(), p.to_owned()));
         let mut up = shared.uploads.lock().unwrap();
-        if up.paths.contains(&path) || up.partials.contains(&partial) {
+        if up.paths.contains(&path) || partial.as_ref().is_some_and(|p| up.partials.contains(p)) {
             return None;
         }
         up.paths.insert(path.clone());
-        up.partials.insert(partial.clone());
+        if let Some(p) = &partial {
+            up.partials.insert(p.clone());
+        }
         Some(UploadGuard {
             shared: Arc::clone(shared),
             path,
             partial,
         })
+    }
+
+    /// Claims the partial too, for an upload that acquired only its path; false if another
+    /// upload holds that partial.
+    pub fn add_partial(&mut self, partial: &str) -> bool {
+        debug_assert!(self.partial.is_none());
+        let partial = (self.path.0.clone(), partial.to_owned());
+        let mut up = self.shared.uploads.lock().unwrap();
+        if !up.partials.insert(partial.clone()) {
+            return false;
+        }
+        self.partial = Some(partial);
+        true
     }
 }
 
@@ -180,7 +203,9 @@ impl Drop for UploadGuard {
     fn drop(&mut self) {
         let mut up = self.shared.uploads.lock().unwrap();
         up.paths.remove(&self.path);
-        up.partials.remove(&self.partial);
+        if let Some(p) = &self.partial {
+            up.partials.remove(p);
+        }
     }
 }
 
