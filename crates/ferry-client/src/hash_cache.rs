@@ -17,14 +17,14 @@
 //! the server hashes what arrives and refuses a mismatch with `checksum_mismatch`; the client
 //! then drops the entry and uploads the file once more, hashing it as it goes.
 //!
-//! The file is written whole, as a new file (mode 0600) renamed over the old one, so it is
-//! never half-written; one that cannot be read or parsed counts as empty. Two commands
+//! The file is written whole, as the sessions file is (a new 0600 file renamed over the old
+//! one), so it is never half-written; one that cannot be read or parsed counts as empty. Two commands
 //! racing on it lose one's entries, which costs a hashing pass later, not correctness.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -182,24 +182,7 @@ impl HashCache {
         files.sort_by_key(|e| std::cmp::Reverse(e.used));
         files.truncate(MAX_ENTRIES);
         let bytes = serde_json::to_vec(&CacheFile { files }).map_err(io::Error::other)?;
-        if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = self
-            .path
-            .with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&bytes))
-            .and_then(|()| fs::rename(&tmp, &self.path));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written?;
+        crate::sessions::write_private(&self.path, &bytes)?;
         self.changed = false;
         Ok(())
     }

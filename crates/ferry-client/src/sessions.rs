@@ -146,45 +146,50 @@ impl SessionCache {
         }
     }
 
-    /// Writes the whole file: a fresh 0600 temp file beside it, synced, renamed over it.
     fn store(&self, file: &SessionsFile) -> io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
         let mut json = serde_json::to_vec_pretty(file).expect("sessions serialize");
         json.push(b'\n');
-        let name = self
-            .path
-            .file_name()
-            .map_or("sessions".into(), |n| n.to_string_lossy().into_owned());
-        let nonce: u64 = {
-            // Unique enough among concurrent writers: pid and time; create_new catches the rest.
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            t ^ u64::from(std::process::id()).rotate_left(32)
-        };
-        let tmp = dir.join(format!(".{name}.{nonce:016x}.tmp"));
-        let written = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+        write_private(&self.path, &json)
     }
+}
+
+/// Writes a whole file only its owner may read: a fresh 0600 temp file beside it (in a 0700
+/// directory, made if missing), synced, renamed over it. Never half-written, never readable
+/// by others; of concurrent writers, the last rename wins.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let name = path
+        .file_name()
+        .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+    let nonce: u64 = {
+        // Unique enough among concurrent writers: pid and time; create_new catches the rest.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ u64::from(std::process::id()).rotate_left(32)
+    };
+    let tmp = dir.join(format!(".{name}.{nonce:016x}.tmp"));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
