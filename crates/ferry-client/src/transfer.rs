@@ -682,8 +682,12 @@ fn put_header(
 }
 
 /// A large upload over TLS with its hash after the body: each piece of the file is read
-/// once, into a buffer that is encrypted and sent and then hashed on the [`HashWorker`]'s
-/// thread, which first hashes the prefix the server already holds.
+/// once, into a buffer that is encrypted, sent and then hashed. A fresh upload hashes each
+/// piece right there, while it is still in this core's cache: on a thread of its own the
+/// hashing read every piece back from the other core, and two runs of eight alternating
+/// 1 GiB TLS uploads took 1.33 / 1.57 s (median) hashing here against 1.48 / 1.69 s there.
+/// A resumed one hands the pieces to a [`HashWorker`], whose thread first hashes the prefix
+/// the server already holds, alongside the sending.
 #[allow(clippy::too_many_arguments)]
 async fn send_body_tls_hashed(
     writer: &mut crate::conn::FrameWriter<'_>,
@@ -697,10 +701,15 @@ async fn send_body_tls_hashed(
 ) -> Result<u64> {
     use std::os::unix::fs::FileExt;
     let local = |e| ClientError::io(item.local.display().to_string(), e);
-    let prefix = file.try_clone().map_err(local)?;
-    let mut worker =
-        HashWorker::start_after_prefix(Hasher::new(HashAlgo::Blake3), prefix, p.offset)
-            .map_err(local)?;
+    let mut hashing = if p.offset == 0 {
+        PieceHasher::Here(Hasher::new(HashAlgo::Blake3), vec![0; UPLOAD_HASH_READ])
+    } else {
+        let prefix = file.try_clone().map_err(local)?;
+        PieceHasher::Worker(
+            HashWorker::start_after_prefix(Hasher::new(HashAlgo::Blake3), prefix, p.offset)
+                .map_err(local)?,
+        )
+    };
     let frame = put_header(id, item, p, mtime, opts);
     // Once the header is out, the server expects the whole body and then the hash: any
     // failure from here on fails the connection (an I/O error), never just this item.
@@ -713,7 +722,10 @@ async fn send_body_tls_hashed(
     let mut pos = p.offset;
     let end = p.size;
     while pos < end {
-        let mut buf = worker.buffer().await.map_err(fatal)?;
+        let mut buf = match &mut hashing {
+            PieceHasher::Here(_, spare) => std::mem::take(spare),
+            PieceHasher::Worker(worker) => worker.buffer().await.map_err(fatal)?,
+        };
         let want = (end - pos).min(buf.len() as u64) as usize;
         let n = loop {
             match file.read_at(&mut buf[..want], pos) {
@@ -730,13 +742,29 @@ async fn send_body_tls_hashed(
         writer.write_body(&buf[..n]).await?;
         pos += n as u64;
         progress.advance(n as u64);
-        worker.hash(buf, n).map_err(fatal)?;
+        match &mut hashing {
+            PieceHasher::Here(hasher, spare) => {
+                hasher.update(&buf[..n]);
+                *spare = buf;
+            }
+            PieceHasher::Worker(worker) => worker.hash(buf, n).map_err(fatal)?,
+        }
     }
-    let hash = worker.finish().map_err(fatal)?;
+    let hash = match hashing {
+        PieceHasher::Here(hasher, _) => hasher.finalize(),
+        PieceHasher::Worker(worker) => worker.finish().map_err(fatal)?,
+    };
     writer
         .queue(&RequestFrame::new(id, Request::PutHash { hash }))
         .await?;
     Ok(p.offset)
+}
+
+/// Where [`send_body_tls_hashed`] hashes the pieces it sent: here (with the one buffer they
+/// are read into), or on a [`HashWorker`]'s thread.
+enum PieceHasher {
+    Here(Hasher, Vec<u8>),
+    Worker(HashWorker),
 }
 
 /// Read size of the upload hash thread: small enough that what one read copies is still in
