@@ -291,8 +291,10 @@ impl Client {
         };
         let (sent, received) = tokio::join!(send, receive);
         if let Some(cache) = cache.as_mut() {
+            // Not worth a warning on every upload (a read-only home, say): without the file,
+            // files are hashed as they are sent, as with --rehash.
             if let Err(e) = cache.save() {
-                tracing::warn!("cannot save {}: {e}", cache.path().display());
+                tracing::debug!("cannot save {}: {e}", cache.path().display());
             }
         }
         sent?;
