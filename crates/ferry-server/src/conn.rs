@@ -381,10 +381,10 @@ impl Conn {
     }
 
     /// The next piece of a large body over TLS (nothing of it buffered), up to
-    /// [`TLS_BODY_CHUNK`] bytes, in a recycled buffer. Through `rbuf`, each piece went to the upload's writer
-    /// as part of a freshly reserved allocation, which malloc then handed back to the
-    /// kernel: new memory to fault in and zero all the time (75,000-95,000 minor faults and
-    /// about 0.2 s of the server's 1.8 s CPU per GiB uploaded). Only TLS bodies come this
+    /// [`TLS_BODY_CHUNK`] bytes, in a recycled buffer. Through `rbuf`, each piece went to the
+    /// upload's writer as part of a freshly reserved allocation, which malloc then handed back
+    /// to the kernel: new memory to fault in and zero all the time (75,000-95,000 minor faults
+    /// and about 0.2 s of the server's 1.8 s CPU per GiB uploaded). Only TLS bodies come this
     /// way; plain TCP keeps its own path.
     async fn read_tls_body(&mut self) -> Result<Bytes, ConnError> {
         let Stream::Tls(tls) = &mut self.stream else {
