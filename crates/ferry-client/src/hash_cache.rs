@@ -18,8 +18,10 @@
 //! then drops the entry and uploads the file once more, hashing it as it goes.
 //!
 //! The file is written whole, as the sessions file is (a new 0600 file renamed over the old
-//! one), so it is never half-written; one that cannot be read or parsed counts as empty. Two commands
-//! racing on it lose one's entries, which costs a hashing pass later, not correctness.
+//! one), so it is never half-written; one that cannot be read or parsed counts as empty.
+//! Saving merges: under a lock (`flock` on `hashes.lock` beside it) it reads what other
+//! commands, or other connections of this one (`--connections`), saved since and applies
+//! only this cache's own changes to that, so concurrent uploads keep each other's entries.
 
 use std::collections::HashMap;
 use std::fs;
@@ -88,7 +90,9 @@ struct CacheFile {
 pub struct HashCache {
     path: PathBuf,
     entries: HashMap<(u64, u64), Entry>,
-    changed: bool,
+    /// What this cache changed since it was loaded or saved: an entry recorded or used, or
+    /// `None` for one forgotten. [`HashCache::save`] applies these to what is on disk then.
+    changes: HashMap<(u64, u64), Option<Entry>>,
 }
 
 fn now_secs() -> u64 {
@@ -101,19 +105,10 @@ impl HashCache {
     /// Reads the cache at `path`; a missing or unreadable file is an empty cache.
     pub fn load(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
-        let file: CacheFile = fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        let entries = file
-            .files
-            .into_iter()
-            .map(|e| ((e.version.dev, e.version.ino), e))
-            .collect();
         HashCache {
+            entries: read_entries(&path),
             path,
-            entries,
-            changed: false,
+            changes: HashMap::new(),
         }
     }
 
@@ -128,8 +123,10 @@ impl HashCache {
             return None;
         }
         entry.used = now_secs();
-        self.changed = true;
-        Some(entry.hash.clone())
+        let (key, entry) = ((version.dev, version.ino), entry.clone());
+        let hash = entry.hash.clone();
+        self.changes.insert(key, Some(entry));
+        Some(hash)
     }
 
     /// Keeps `hash` for the file if it is the same version `before` (stat when its upload
@@ -153,39 +150,81 @@ impl HashCache {
         {
             return true;
         }
-        self.entries.insert(
-            key,
-            Entry {
-                version: *before,
-                hash,
-                used: now_secs(),
-            },
-        );
-        self.changed = true;
+        let entry = Entry {
+            version: *before,
+            hash,
+            used: now_secs(),
+        };
+        self.entries.insert(key, entry.clone());
+        self.changes.insert(key, Some(entry));
         true
     }
 
     /// Drops what is kept for this file (its hash turned out wrong).
     pub fn forget(&mut self, version: &FileVersion) {
-        if self.entries.remove(&(version.dev, version.ino)).is_some() {
-            self.changed = true;
+        let key = (version.dev, version.ino);
+        if self.entries.remove(&key).is_some() {
+            self.changes.insert(key, None);
         }
     }
 
     /// Writes the cache back if anything changed, keeping the [`MAX_ENTRIES`] most recently
     /// used entries.
     pub fn save(&mut self) -> io::Result<()> {
-        if !self.changed {
+        if self.changes.is_empty() {
             return Ok(());
         }
-        let mut files: Vec<Entry> = self.entries.values().cloned().collect();
+        // Held until the new file is in place: a command saving at the same time reads it
+        // after, not before.
+        let _lock = lock_beside(&self.path)?;
+        let mut merged = read_entries(&self.path);
+        for (key, change) in self.changes.drain() {
+            match change {
+                Some(entry) => merged.insert(key, entry),
+                None => merged.remove(&key),
+            };
+        }
+        let mut files: Vec<Entry> = merged.values().cloned().collect();
         files.sort_by_key(|e| std::cmp::Reverse(e.used));
         files.truncate(MAX_ENTRIES);
         let bytes = serde_json::to_vec(&CacheFile { files }).map_err(io::Error::other)?;
         crate::sessions::write_private(&self.path, &bytes)?;
-        self.changed = false;
+        self.entries = merged;
         Ok(())
     }
+}
+
+/// The entries of the cache file at `path`; none if it is missing or unreadable.
+fn read_entries(path: &Path) -> HashMap<(u64, u64), Entry> {
+    let file: CacheFile = fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    file.files
+        .into_iter()
+        .map(|e| ((e.version.dev, e.version.ino), e))
+        .collect()
+}
+
+/// An exclusive `flock` on `<path>.lock` (made 0600 if missing), released when the returned
+/// file is closed. Every open of the lock file is its own lock holder, so this orders saves
+/// of one process's connections as well as of separate commands.
+fn lock_beside(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(name)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -238,6 +277,34 @@ mod tests {
         assert_eq!(cache.get(&v), None);
         cache.save().unwrap();
         assert!(!dir.path().join("hashes").exists(), "nothing to write");
+    }
+
+    #[test]
+    fn caches_saved_one_after_another_keep_each_others_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hashes");
+        let (_, a, began) = settled_file(dir.path(), "a", b"aaa");
+        let (_, b, _) = settled_file(dir.path(), "b", b"bbb");
+        let (_, c, _) = settled_file(dir.path(), "c", b"ccc");
+        let hash = |body: &[u8]| Digest::of(HashAlgo::Blake3, body);
+        let mut first = HashCache::load(&path);
+        assert!(first.record(&c, &c, began, hash(b"ccc")));
+        first.save().unwrap();
+        // Two commands (or two connections of one) load the same cache, each uploads a file,
+        // and one forgets what the first kept.
+        let mut one = HashCache::load(&path);
+        let mut two = HashCache::load(&path);
+        assert!(one.record(&a, &a, began, hash(b"aaa")));
+        assert!(two.record(&b, &b, began, hash(b"bbb")));
+        two.forget(&c);
+        one.save().unwrap();
+        two.save().unwrap();
+        let mut after = HashCache::load(&path);
+        assert_eq!(after.get(&a), Some(hash(b"aaa")));
+        assert_eq!(after.get(&b), Some(hash(b"bbb")));
+        assert_eq!(after.get(&c), None);
+        // The last to save now holds what the other saved before it.
+        assert_eq!(two.get(&a), Some(hash(b"aaa")));
     }
 
     #[test]

@@ -1552,3 +1552,196 @@ fn a_kept_hash_is_reused_and_a_wrong_one_is_dropped_and_redone() {
     );
     assert!(fs::read_to_string(&cache).unwrap().contains(&wrong));
 }
+
+/// Logins in the server's log so far: (with the password, with a session token).
+fn logins(srv: &Server) -> (usize, usize) {
+    let log = fs::read_to_string(&srv.log).unwrap();
+    let token = log.matches("logged in with a session token").count();
+    (log.matches("logged in").count() - token, token)
+}
+
+#[test]
+fn several_connections_move_a_tree_both_ways_and_report_in_order() {
+    let srv = Server::start(&["juno"]);
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    let mut expected = Vec::new();
+    // Many small files, a few large enough for the large-file path, and an empty one.
+    for i in 0..60u64 {
+        let len = match i {
+            0 => 0,
+            1..=3 => 2 * 1024 * 1024 + i as usize,
+            _ => (i as usize * 97) % 9000,
+        };
+        let rel = format!("d{}/f{i:02}", i % 4);
+        let data = bytes(300 + i, len);
+        write(&tree.join(&rel), &data);
+        expected.push((rel, data));
+    }
+    let out = json(
+        srv.ferry("juno")
+            .args(["put", "-r", "-j", "4", "--json"])
+            .arg(&tree),
+    );
+    assert_eq!(out["uploaded"], 60, "{out}");
+    // One password login, then the other three connections with its session token.
+    assert_eq!(logins(&srv), (1, 3));
+    for (rel, data) in &expected {
+        let there = fs::read(srv.home("juno").join("tree").join(rel)).unwrap();
+        assert!(&there == data, "{rel}");
+    }
+    // The report lists the files in the order they were planned, whichever connection
+    // carried them: the walk's sorted order.
+    let remotes: Vec<String> = out["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["remote"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sorted = remotes.clone();
+    sorted.sort();
+    assert_eq!(remotes, sorted);
+
+    let dst = tempfile::tempdir().unwrap();
+    let out = json(
+        srv.ferry("juno")
+            .args(["get", "-r", "--connections", "3", "--json", "tree"])
+            .arg(dst.path()),
+    );
+    assert_eq!(out["downloaded"], 60, "{out}");
+    assert_eq!(logins(&srv), (1, 3 + 3));
+    for (rel, data) in &expected {
+        let back = fs::read(dst.path().join("tree").join(rel)).unwrap();
+        assert!(&back == data, "{rel}");
+        let hash = Digest::of(HashAlgo::Blake3, data).to_string();
+        let entry = out["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["remote"] == format!("tree/{rel}"))
+            .unwrap_or_else(|| panic!("{rel} in {out}"));
+        assert_eq!(entry["hash"], hash, "{rel}");
+    }
+    let leftovers: Vec<_> = walkdir_names(dst.path())
+        .into_iter()
+        .filter(|n| n.contains("ferry-part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // One file needs one connection: no others are opened.
+    let one = tempfile::tempdir().unwrap();
+    ok(srv
+        .ferry("juno")
+        .args(["get", "-q", "-j", "8", "tree/d1/f01"])
+        .arg(one.path()));
+    assert_eq!(logins(&srv), (1, 3 + 3 + 1));
+}
+
+/// Every file name under `dir`, recursively.
+fn walkdir_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walkdir_names(&e.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn several_connections_report_each_file_that_fails_and_finish_the_rest() {
+    let srv = Server::start(&["kai"]);
+    let local = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write(&local.path().join(n), &bytes(i as u64, 1000 + i));
+    }
+    // Three are on the server already, with other bytes: without --force they stay.
+    for n in ["f2", "f7", "f11"] {
+        write(&srv.home("kai").join(n), b"theirs");
+    }
+    let out = srv
+        .ferry("kai")
+        .args(["put", "--json", "-j", "3"])
+        .args(names.iter().map(|n| local.path().join(n)))
+        .arg("/")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report = report_of(&out);
+    assert_eq!(report["uploaded"], 9, "{report}");
+    let mut failed: Vec<(String, String)> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ok"] != true)
+        .map(|f| (f["remote"].to_string(), f["code"].to_string()))
+        .map(|(r, c)| {
+            (
+                r.trim_matches('"').to_owned(),
+                c.trim_matches('"').to_owned(),
+            )
+        })
+        .collect();
+    failed.sort();
+    let expected: Vec<(String, String)> = ["f11", "f2", "f7"]
+        .iter()
+        .map(|n| (format!("/{n}"), "already_exists".to_owned()))
+        .collect();
+    assert_eq!(failed, expected, "{report}");
+    for (i, n) in names.iter().enumerate() {
+        let there = fs::read(srv.home("kai").join(n)).unwrap();
+        if ["f2", "f7", "f11"].contains(&n.as_str()) {
+            assert_eq!(there, b"theirs");
+        } else {
+            assert_eq!(there, bytes(i as u64, 1000 + i), "{n}");
+        }
+    }
+}
+
+#[test]
+fn connections_the_server_refuses_leave_the_transfer_to_those_it_took() {
+    // Two sessions per user at most: of `-j 4`, one extra connection gets in.
+    let srv = Server::start_with(&["lux"], &["--max-sessions-per-user", "2"]);
+    let local = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..8).map(|i| format!("g{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write(&local.path().join(n), &bytes(40 + i as u64, 5000));
+    }
+    let out = srv
+        .ferry("lux")
+        .args(["put", "-j", "4"])
+        .args(names.iter().map(|n| local.path().join(n)))
+        .arg("/")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("opened 2 of 4 connections") && stderr.contains("going on with those"),
+        "{stderr}"
+    );
+    for (i, n) in names.iter().enumerate() {
+        let there = fs::read(srv.home("lux").join(n)).unwrap();
+        assert_eq!(there, bytes(40 + i as u64, 5000), "{n}");
+    }
+}
+
+#[test]
+fn a_connection_count_out_of_range_is_refused_before_connecting() {
+    // No server at all: the argument is checked first.
+    for bad in ["0", "65", "-2", "1.5", "many"] {
+        for cmd in ["put", "get"] {
+            let out = Command::new(BIN)
+                .args([cmd, &format!("--connections={bad}"), "x"])
+                .env("FERRY_SERVER", "127.0.0.1:1")
+                .env("FERRY_PASSWORD", "pw")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} -j {bad}: {stderr}");
+            assert!(stderr.contains("--connections"), "{cmd} -j {bad}: {stderr}");
+        }
+    }
+}

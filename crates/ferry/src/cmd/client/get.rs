@@ -9,8 +9,9 @@ use std::time::Instant;
 use ferry_client::{Client, ClientError, GetItem, GetOptions, LS_PAGE, PARTIAL_META_SUFFIX};
 use ferry_proto::{EntryKind, HashAlgo, Reply, Request};
 
+use super::crew::{self, Crew};
 use super::progress::Bars;
-use super::{Output, Remote, block_on, error_json, finish_transfer, remote_basename, remote_join};
+use super::{Output, Remote, error_json, finish_transfer, remote_basename, remote_join};
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
@@ -31,6 +32,10 @@ pub struct GetArgs {
     /// Verify with this hash algorithm instead of the server's hash of record (blake3).
     #[arg(long, value_parser = parse_algo)]
     pub algo: Option<HashAlgo>,
+    /// Download over this many connections at once (1-64), the files shared out among
+    /// them: faster for many files on a machine with several cores.
+    #[arg(short = 'j', long, default_value = "1", value_name = "N", value_parser = crew::parse_connections)]
+    pub connections: std::num::NonZeroUsize,
     #[command(flatten)]
     pub remote: Remote,
     #[command(flatten)]
@@ -152,12 +157,23 @@ fn exists_error(item: &GetItem) -> ClientError {
     ))
 }
 
+/// From what size a download is hashed on a thread of its own: with a crew, only files large
+/// enough that one connection carries it alone for a while (the connections themselves keep
+/// the cores busy; see [`GetOptions::HASH_THREAD_MIN`]).
+fn hash_thread_min(connections: std::num::NonZeroUsize) -> u64 {
+    if connections.get() == 1 {
+        GetOptions::HASH_THREAD_MIN
+    } else {
+        64 << 20
+    }
+}
+
 /// From this many named files on, `get` reads the local directory once instead of looking
 /// for each file (two system calls each); below it, reading could cost more than it saves.
 const NAMED_FILES_TO_READ_DIR: usize = 8;
 
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
-    block_on(run(args))
+    crew::block_on(args.connections, run(args))
 }
 
 async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
@@ -187,14 +203,16 @@ async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
             };
         }
     }
-    let mut client = args.remote.connect().await?;
+    let (mut client, mut crew) = Crew::connect(&args.remote, args.connections).await?;
     let opts = GetOptions {
         resume: !args.no_resume,
         overwrite: args.force,
         algo: args.algo,
+        hash_thread_min: hash_thread_min(args.connections),
     };
-    get_paths(
+    let done = get_paths(
         &mut client,
+        &mut crew,
         &remotes,
         &local_dir,
         save_as.as_deref(),
@@ -202,14 +220,18 @@ async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         &opts,
         args.output,
     )
-    .await
+    .await;
+    crew.quit().await;
+    done
 }
 
 /// Downloads `remotes` into `local_dir` (a single file under the name `save_as`, if given),
-/// replacing local files only with `opts.overwrite`; shared with the shell's `get`.
+/// replacing local files only with `opts.overwrite`, sharing the files out between `client`
+/// and the `crew`; shared with the shell's `get`.
 #[allow(clippy::too_many_arguments)]
 pub async fn get_paths(
     client: &mut Client,
+    crew: &mut Crew,
     remotes: &[String],
     local_dir: &Path,
     save_as: Option<&str>,
@@ -315,13 +337,13 @@ pub async fn get_paths(
     // Never overwrite silently. (A file that appears after this check is not replaced
     // either: without `force` the download takes its name only if it is still free.)
     let mut pending = Vec::new();
-    let mut pending_bytes = 0;
+    let mut pending_sizes = Vec::new();
     for ((item, size), taken) in items.into_iter().zip(sizes).zip(taken) {
         if !opts.overwrite && taken.unwrap_or_else(|| item.local.exists()) {
             fail(&item.remote, exists_error(&item), &mut report);
         } else {
             pending.push(item);
-            pending_bytes += size;
+            pending_sizes.push(size);
         }
     }
     // Remote directories are listed a page at a time (a directory of any size fits). Each
@@ -336,12 +358,13 @@ pub async fn get_paths(
             Err((what, e)) => fail(&what, e, &mut report),
         }
     }
-    let bars = Bars::growing(output.show_progress());
-    bars.grow(pending.len(), pending_bytes);
+    let bars = std::sync::Arc::new(Bars::growing(output.show_progress(), crew.wanted() == 0));
+    bars.grow(pending.len(), pending_sizes.iter().sum());
     let (mut files, mut bytes) = (0u64, 0u64);
     while !pending.is_empty() || !open.is_empty() {
         let pages = open.iter().map(Listing::next_page).collect();
-        let (results, listed) = client.get_files_then(&pending, pages, opts, &bars).await?;
+        let (results, listed) =
+            get_shared(client, crew, &pending, &pending_sizes, pages, opts, &bars).await?;
         for (item, res) in pending.iter().zip(results) {
             match res {
                 Ok(done) => {
@@ -362,7 +385,7 @@ pub async fn get_paths(
             }
         }
         pending.clear();
-        pending_bytes = 0;
+        pending_sizes.clear();
         let mut still_open = Vec::new();
         for (mut listing, page) in open.into_iter().zip(listed) {
             let (entries, more) = match page {
@@ -408,7 +431,7 @@ pub async fn get_paths(
                             fail(&item.remote, exists_error(&item), &mut report);
                         } else {
                             pending.push(item);
-                            pending_bytes += e.size;
+                            pending_sizes.push(e.size);
                         }
                     }
                     _ => {}
@@ -421,8 +444,50 @@ pub async fn get_paths(
             }
         }
         open = still_open;
-        bars.grow(pending.len(), pending_bytes);
+        bars.grow(pending.len(), pending_sizes.iter().sum());
     }
     bars.finish();
     finish_transfer("get", report, files, bytes, started, output, first_failure)
+}
+
+/// One round of downloads, `then` pipelined behind them on `client` (see
+/// [`Client::get_files_then`]), the files shared out between `client` and the crew.
+async fn get_shared(
+    client: &mut Client,
+    crew: &mut Crew,
+    items: &[GetItem],
+    sizes: &[u64],
+    then: Vec<Request>,
+    opts: &GetOptions,
+    bars: &std::sync::Arc<Bars>,
+) -> Result<
+    (
+        Vec<Result<ferry_client::GetOutcome, ClientError>>,
+        Vec<Result<Reply, ClientError>>,
+    ),
+    ClientError,
+> {
+    crew.man(items.len()).await;
+    if crew.len() == 0 || items.len() < 2 {
+        return client.get_files_then(items, then, opts, &**bars).await;
+    }
+    let shares = crew::share_out(sizes, crew.len() + 1);
+    let (own, others) = shares.split_first().expect("two or more shares");
+    let running = crew.spawn(others, items, |mut member, share| {
+        let (opts, bars) = (opts.clone(), bars.clone());
+        async move {
+            let got = member.get_files(&share, &opts, &*bars).await;
+            (member, got)
+        }
+    });
+    let mine: Vec<GetItem> = own.iter().map(|&i| items[i].clone()).collect();
+    let main = client.get_files_then(&mine, then, opts, &**bars).await;
+    let mut parts = Vec::with_capacity(shares.len());
+    let gathered = crew.gather(running).await;
+    let (own_results, listed) = main?;
+    parts.push(own_results);
+    for part in gathered {
+        parts.push(part?);
+    }
+    Ok((crew::merge(&shares, parts), listed))
 }

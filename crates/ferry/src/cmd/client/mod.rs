@@ -6,6 +6,7 @@
 //! session cache (`ferry_client::sessions`); later commands log in with it, and only ask for
 //! the password when it is missing, expired or refused.
 
+mod crew;
 mod get;
 mod ops;
 mod progress;
@@ -57,6 +58,19 @@ pub struct Remote {
     pub ca: Option<std::path::PathBuf>,
 }
 
+/// How a first login is repeated on more connections of the same command.
+#[derive(Clone)]
+struct Relogin {
+    user: String,
+    credential: Secret,
+}
+
+#[derive(Clone)]
+enum Secret {
+    Token(String),
+    Password(String),
+}
+
 /// How to report, shared by every client command.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Output {
@@ -102,6 +116,12 @@ impl Remote {
     /// server, user and certificate, else (or if the server refuses it) with the password,
     /// keeping the token the server answers with.
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(self.connect_again_able().await?.0)
+    }
+
+    /// [`Remote::connect`], and how more connections can log in the same way without asking
+    /// again (for `--connections`).
+    async fn connect_again_able(&self) -> anyhow::Result<(Client, Relogin)> {
         let user = self.user()?;
         let mut client = self.greet().await?;
         let cache = SessionCache::default_location();
@@ -132,7 +152,11 @@ impl Remote {
                             );
                         }
                     }
-                    return Ok(client);
+                    let again = Relogin {
+                        user,
+                        credential: Secret::Token(cached.token),
+                    };
+                    return Ok((client, again));
                 }
                 Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => {
                     let _ = cache.remove(&self.server, &user);
@@ -145,9 +169,28 @@ impl Remote {
             .login_with(&user, Credential::Password(&password))
             .await
             .with_context(|| format!("login as {user} failed"))?;
-        if let (Some(token), Some(ttl)) = (logged_in.token, logged_in.token_ttl) {
-            self.keep_token(&cache, &user, fingerprint.as_ref(), &token, ttl);
-        }
+        let credential = match (logged_in.token, logged_in.token_ttl) {
+            (Some(token), Some(ttl)) => {
+                self.keep_token(&cache, &user, fingerprint.as_ref(), &token, ttl);
+                // A token login costs the server a hash lookup; a password one, argon2id.
+                Secret::Token(token)
+            }
+            _ => Secret::Password(password),
+        };
+        Ok((client, Relogin { user, credential }))
+    }
+
+    /// One more connection, logged in as `again` says.
+    async fn connect_again(&self, again: &Relogin) -> anyhow::Result<Client> {
+        let mut client = self.greet().await?;
+        let credential = match &again.credential {
+            Secret::Token(t) => Credential::Token(t),
+            Secret::Password(p) => Credential::Password(p),
+        };
+        client
+            .login_with(&again.user, credential)
+            .await
+            .with_context(|| format!("login as {} failed", again.user))?;
         Ok(client)
     }
 

@@ -11,6 +11,9 @@ pub struct Bars {
     /// Hidden bars still cost a template parse and allocations per file: with 2,000 small
     /// files that was a tenth of `put -r -q`'s CPU. So hidden means doing nothing.
     visible: bool,
+    /// A bar per file, which only makes sense while files go one at a time (one
+    /// connection); with several, only the overall bar moves.
+    per_file: bool,
     multi: MultiProgress,
     /// Parsed once; each file's bar gets a copy.
     file_style: ProgressStyle,
@@ -22,14 +25,15 @@ pub struct Bars {
 
 impl Bars {
     /// Bars for `files` files of `total` bytes in all; hidden when `visible` is false.
-    pub fn new(visible: bool, files: usize, total: u64) -> Self {
-        Self::with_overall(visible, files, total, files > 1)
+    /// `per_file`: see [`Bars::per_file`].
+    pub fn new(visible: bool, per_file: bool, files: usize, total: u64) -> Self {
+        Self::with_overall(visible, per_file, files, total, files > 1 || !per_file)
     }
 
     /// Bars for a download whose files are found as it goes (a tree listed page by page):
     /// [`Self::grow`] adds them.
-    pub fn growing(visible: bool) -> Self {
-        Self::with_overall(visible, 0, 0, true)
+    pub fn growing(visible: bool, per_file: bool) -> Self {
+        Self::with_overall(visible, per_file, 0, 0, true)
     }
 
     /// Adds `files` files of `bytes` bytes in all to what the overall bar expects.
@@ -40,7 +44,13 @@ impl Bars {
         }
     }
 
-    fn with_overall(visible: bool, files: usize, total: u64, overall: bool) -> Self {
+    fn with_overall(
+        visible: bool,
+        per_file: bool,
+        files: usize,
+        total: u64,
+        overall: bool,
+    ) -> Self {
         let target = if visible {
             ProgressDrawTarget::stderr_with_hz(10)
         } else {
@@ -61,6 +71,7 @@ impl Bars {
         });
         Bars {
             visible,
+            per_file,
             multi,
             file_style: ProgressStyle::with_template(
                 "{msg:30!} {bytes:>10}/{total_bytes:<10} {bar:30} {binary_bytes_per_sec:>12} ETA {eta}",
@@ -84,6 +95,12 @@ impl Bars {
 impl Progress for Bars {
     fn start_file(&self, name: &str, total: u64, already: u64) {
         if !self.visible {
+            return;
+        }
+        if !self.per_file {
+            if let Some(o) = &self.overall {
+                o.inc(already);
+            }
             return;
         }
         let bar = self.multi.add(ProgressBar::new(total));

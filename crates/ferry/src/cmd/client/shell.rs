@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use ferry_client::{Client, GetOptions, PutOptions};
 use rustyline::error::ReadlineError;
 
+use super::crew::Crew;
 use super::get::{get_paths, parse_algo};
 use super::ops::{format_entry, run_ls};
 use super::put::put_paths;
@@ -162,7 +163,17 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
                 hash_cache: Some(ferry_client::tls::default_hash_cache()),
             };
             Ok(Flow::Continue(
-                put_paths(client, &locals, ".", None, has("-r"), &opts, output).await?,
+                put_paths(
+                    client,
+                    &mut Crew::none(),
+                    &locals,
+                    ".",
+                    None,
+                    has("-r"),
+                    &opts,
+                    output,
+                )
+                .await?,
             ))
         }
         "get" => {
@@ -171,10 +182,12 @@ async fn run_line(client: &mut Client, words: &[String], output: Output) -> anyh
                 resume: true,
                 overwrite: has("-f"),
                 algo: None,
+                hash_thread_min: GetOptions::HASH_THREAD_MIN,
             };
             Ok(Flow::Continue(
                 get_paths(
                     client,
+                    &mut Crew::none(),
                     &args,
                     &PathBuf::from("."),
                     None,
