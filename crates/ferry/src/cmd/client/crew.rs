@@ -103,14 +103,46 @@ impl Crew {
         self.want
     }
 
-    /// Members that can take a share now.
-    pub fn len(&self) -> usize {
-        self.members.len()
+    /// Runs a round of transfers of `items` (of `sizes` bytes) shared out: `own` runs the
+    /// first share on the command's own connection (in this task), `member` each other share
+    /// on a crew member in a task of its own. Returns the results in item order, and what
+    /// `own` returned besides. With no crew, or fewer than two items, `own` runs them all.
+    pub async fn share<I, R, X, F, Fut, Own>(
+        &mut self,
+        items: &[I],
+        sizes: &[u64],
+        member: F,
+        own: Own,
+    ) -> Result<(Vec<R>, X), ClientError>
+    where
+        I: Clone,
+        R: Send + 'static,
+        F: Fn(Client, Vec<I>) -> Fut,
+        Fut: Future<Output = Shift<R>> + Send + 'static,
+        Own: AsyncFnOnce(&[I]) -> Result<(Vec<R>, X), ClientError>,
+    {
+        self.man(items.len()).await;
+        if self.members.is_empty() || items.len() < 2 {
+            return own(items).await;
+        }
+        let shares = share_out(sizes, self.members.len() + 1);
+        let (first, others) = shares.split_first().expect("two or more shares");
+        let running = self.spawn(others, items, member);
+        let mine: Vec<I> = first.iter().map(|&i| items[i].clone()).collect();
+        let main = own(&mine).await;
+        // Gathered even if the own share failed: no task is left running.
+        let gathered = self.gather(running).await;
+        let (own_results, besides) = main?;
+        let mut parts = vec![own_results];
+        for part in gathered {
+            parts.push(part?);
+        }
+        Ok((merge(&shares, parts), besides))
     }
 
     /// Runs `work` on `shares[k]` of `items` with the k-th member, each in a task of its
     /// own. [`Crew::gather`] waits for them and takes the members back.
-    pub fn spawn<I, R, F, Fut>(&mut self, shares: &[Vec<usize>], items: &[I], work: F) -> Running<R>
+    fn spawn<I, R, F, Fut>(&mut self, shares: &[Vec<usize>], items: &[I], work: F) -> Running<R>
     where
         I: Clone,
         R: Send + 'static,
@@ -132,7 +164,7 @@ impl Crew {
 
     /// The results of each share [`Crew::spawn`] started, in its order; the members whose
     /// connection is still usable rejoin the crew.
-    pub async fn gather<R>(&mut self, running: Running<R>) -> Vec<Result<Vec<R>, ClientError>> {
+    async fn gather<R>(&mut self, running: Running<R>) -> Vec<Result<Vec<R>, ClientError>> {
         let mut out = Vec::with_capacity(running.tasks.len());
         for task in running.tasks {
             match task.await {
@@ -163,7 +195,7 @@ type Shift<R> = (Client, Result<Vec<R>, ClientError>);
 
 /// Shares running on crew members.
 #[must_use = "gather the results"]
-pub struct Running<R> {
+struct Running<R> {
     tasks: Vec<tokio::task::JoinHandle<Shift<R>>>,
 }
 

@@ -467,27 +467,13 @@ async fn get_shared(
     ),
     ClientError,
 > {
-    crew.man(items.len()).await;
-    if crew.len() == 0 || items.len() < 2 {
-        return client.get_files_then(items, then, opts, &**bars).await;
-    }
-    let shares = crew::share_out(sizes, crew.len() + 1);
-    let (own, others) = shares.split_first().expect("two or more shares");
-    let running = crew.spawn(others, items, |mut member, share| {
+    let member = |mut member: Client, share: Vec<GetItem>| {
         let (opts, bars) = (opts.clone(), bars.clone());
         async move {
             let got = member.get_files(&share, &opts, &*bars).await;
             (member, got)
         }
-    });
-    let mine: Vec<GetItem> = own.iter().map(|&i| items[i].clone()).collect();
-    let main = client.get_files_then(&mine, then, opts, &**bars).await;
-    let mut parts = Vec::with_capacity(shares.len());
-    let gathered = crew.gather(running).await;
-    let (own_results, listed) = main?;
-    parts.push(own_results);
-    for part in gathered {
-        parts.push(part?);
-    }
-    Ok((crew::merge(&shares, parts), listed))
+    };
+    let own = async |mine: &[GetItem]| client.get_files_then(mine, then, opts, &**bars).await;
+    crew.share(items, sizes, member, own).await
 }

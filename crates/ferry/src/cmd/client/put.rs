@@ -193,27 +193,15 @@ async fn put_shared(
     opts: &PutOptions,
     bars: &std::sync::Arc<Bars>,
 ) -> Result<Vec<Result<PutOutcome, ClientError>>, ClientError> {
-    crew.man(items.len()).await;
-    if crew.len() == 0 || items.len() < 2 {
-        return client.put_files(items, opts, &**bars).await;
-    }
-    let shares = crew::share_out(sizes, crew.len() + 1);
-    let (own, others) = shares.split_first().expect("two or more shares");
-    let running = crew.spawn(others, items, |mut member, share| {
+    let member = |mut member: Client, share: Vec<PutItem>| {
         let (opts, bars) = (opts.clone(), bars.clone());
         async move {
             let put = member.put_files(&share, &opts, &*bars).await;
             (member, put)
         }
-    });
-    let mine: Vec<PutItem> = own.iter().map(|&i| items[i].clone()).collect();
-    let main = client.put_files(&mine, opts, &**bars).await;
-    let gathered = crew.gather(running).await;
-    let mut parts = vec![main?];
-    for part in gathered {
-        parts.push(part?);
-    }
-    Ok(crew::merge(&shares, parts))
+    };
+    let own = async |mine: &[PutItem]| Ok((client.put_files(mine, opts, &**bars).await?, ()));
+    Ok(crew.share(items, sizes, member, own).await?.0)
 }
 
 /// What a `put` will do: remote directories to create, then files to send.
