@@ -139,19 +139,7 @@ pub(crate) fn prepare(ca: Option<&Path>, known_hosts: &Path, host_port: &str) ->
             verifier: None,
         });
     }
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let webpki = if roots.is_empty() {
-        None
-    } else {
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .ok()
-    };
     let verifier = Arc::new(TofuVerifier {
-        webpki,
         algorithms: provider.signature_verification_algorithms,
         known_hosts: known_hosts.to_path_buf(),
         host_port: host_port.to_owned(),
@@ -178,9 +166,31 @@ pub(crate) fn server_name(host_port: &str) -> Result<ServerName<'static>> {
         .map_err(|_| ClientError::Local(format!("{host:?} is not a valid server name")))
 }
 
+/// A verifier of certificate chains against the system's roots, loaded on first need and
+/// then kept for the process: reading and parsing them (147 files here) is most of what a
+/// short command's TLS set-up costs, and a server whose pinned certificate is offered again
+/// never needs them.
+fn system_roots() -> Option<Arc<WebPkiServerVerifier>> {
+    static ROOTS: std::sync::OnceLock<Option<Arc<WebPkiServerVerifier>>> =
+        std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return None;
+            }
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .ok()
+        })
+        .clone()
+}
+
 #[derive(Debug)]
 pub(crate) struct TofuVerifier {
-    webpki: Option<Arc<WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
     known_hosts: PathBuf,
     host_port: String,
@@ -233,19 +243,21 @@ impl ServerCertVerifier for TofuVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let chained = self.webpki.as_ref().is_some_and(|v| {
-            v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-                .is_ok()
-        });
         let offered = fingerprint(end_entity);
-        let trust = if chained {
-            Trust::Verified
-        } else {
-            match pinned(&self.known_hosts, &self.host_port) {
-                Some(p) if p == offered => Trust::Pinned,
-                Some(pinned) => Trust::Changed { pinned, offered },
-                None => Trust::FirstUse(offered),
-            }
+        let pin = pinned(&self.known_hosts, &self.host_port);
+        // The pinned certificate again: trusted without the system roots (a certificate a
+        // CA vouches for is never pinned, so this skips no check that would decide).
+        let chained = || {
+            system_roots().is_some_and(|v| {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                    .is_ok()
+            })
+        };
+        let trust = match pin {
+            Some(p) if p == offered => Trust::Pinned,
+            _ if chained() => Trust::Verified,
+            Some(pinned) => Trust::Changed { pinned, offered },
+            None => Trust::FirstUse(offered),
         };
         let refused = matches!(trust, Trust::Changed { .. });
         *self.decision.lock().expect("trust lock") = Some(trust);

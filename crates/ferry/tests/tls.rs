@@ -39,6 +39,41 @@ fn first_connection_pins_the_certificate_and_later_ones_check_it() {
 }
 
 #[test]
+fn a_pinned_server_is_trusted_without_reading_the_system_roots() {
+    let srv = Server::start(&["pia"]);
+    // First use: no pin yet, so the system roots are consulted, then the certificate pinned.
+    ok(srv.ferry("pia").arg("pwd"));
+    // The system roots now come from a FIFO nobody writes: opening it would block, so the
+    // command finishes only if it never reads them.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("roots.pem");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut child = srv
+        .ferry("pia")
+        .arg("pwd")
+        .env("SSL_CERT_FILE", &fifo)
+        .env_remove("SSL_CERT_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the client read the system roots for a pinned server (blocked on the FIFO)");
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success());
+}
+
+#[test]
 fn a_changed_certificate_is_refused_with_a_loud_message() {
     let srv = Server::start(&["bob"]);
     let pinned = format!("sha256:{}", "ab".repeat(32));
