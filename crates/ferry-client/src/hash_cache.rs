@@ -176,7 +176,7 @@ impl HashCache {
         }
         // Held until the new file is in place: a command saving at the same time reads it
         // after, not before.
-        let _lock = lock_beside(&self.path)?;
+        let _lock = crate::sessions::lock_beside(&self.path)?;
         let mut merged = read_entries(&self.path);
         for (key, change) in self.changes.drain() {
             match change {
@@ -204,27 +204,6 @@ fn read_entries(path: &Path) -> HashMap<(u64, u64), Entry> {
         .into_iter()
         .map(|e| ((e.version.dev, e.version.ino), e))
         .collect()
-}
-
-/// An exclusive `flock` on `<path>.lock` (made 0600 if missing), released when the returned
-/// file is closed. Every open of the lock file is its own lock holder, so this orders saves
-/// of one process's connections as well as of separate commands.
-fn lock_beside(path: &Path) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
-    }
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(name)?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
-    Ok(file)
 }
 
 #[cfg(test)]

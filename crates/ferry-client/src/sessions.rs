@@ -11,8 +11,8 @@
 //! A file that cannot be read or parsed is treated as empty (and replaced by the next write):
 //! the worst a corrupt cache costs is one password login.
 //!
-//! Concurrent commands may race on a write; the loser's entry is lost, which again costs one
-//! password login later, not correctness.
+//! Each change reads, edits and replaces the file under a lock (`flock` on `sessions.lock`
+//! beside it), so commands run at once keep each other's tokens.
 
 use std::fs;
 use std::io::{self, Write};
@@ -109,6 +109,7 @@ impl SessionCache {
         ttl: Duration,
         now: SystemTime,
     ) -> io::Result<()> {
+        let _lock = lock_beside(&self.path)?;
         let mut file = self.load();
         let now_s = unix_secs(now);
         file.sessions
@@ -126,6 +127,10 @@ impl SessionCache {
     /// Forgets the token for `server` and `user`; whether there was one. A missing or
     /// unreadable file has none.
     pub fn remove(&self, server: &str, user: &str) -> io::Result<bool> {
+        if !self.path.exists() {
+            return Ok(false);
+        }
+        let _lock = lock_beside(&self.path)?;
         let mut file = self.load();
         let before = file.sessions.len();
         file.sessions
@@ -151,6 +156,31 @@ impl SessionCache {
         json.push(b'\n');
         write_private(&self.path, &json)
     }
+}
+
+/// An exclusive `flock` on `<path>.lock` (made 0600, in a 0700 directory, if missing),
+/// released when the returned file is closed. Held around a read-modify-write of a file that
+/// [`write_private`] replaces, so concurrent commands (or connections of one) each see the
+/// others' changes. Every open of the lock file holds its own lock, so this orders threads of
+/// one process as well as separate processes.
+pub(crate) fn lock_beside(path: &Path) -> io::Result<fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(name)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(file)
 }
 
 /// Writes a whole file only its owner may read: a fresh 0600 temp file beside it (in a 0700
@@ -229,12 +259,14 @@ mod tests {
         assert!(!cache.contains("h:1", "a"));
         assert_eq!(cache.get("h:1", "a", None, now), None);
         assert_eq!(cache.get("h:1", "b", None, now).unwrap().token, "t2");
-        // Nothing but the file itself is left in the directory: no temp files.
-        let names: Vec<_> = fs::read_dir(dir.path().join("sub"))
+        // Nothing but the file and its (empty) lock file is left in the directory: no temp
+        // files.
+        let mut names: Vec<_> = fs::read_dir(dir.path().join("sub"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["sessions"]);
+        names.sort();
+        assert_eq!(names, ["sessions", "sessions.lock"]);
         assert!(cache.clear().unwrap());
         assert!(!cache.clear().unwrap());
     }
@@ -263,6 +295,34 @@ mod tests {
         cache.put("h:1", "b", None, "new", HOUR, later).unwrap();
         let text = fs::read_to_string(cache.path()).unwrap();
         assert!(!text.contains("\"old\""), "{text}");
+    }
+
+    #[test]
+    fn concurrent_puts_keep_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cfg/sessions");
+        let now = SystemTime::now();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let cache = SessionCache::new(&path);
+                s.spawn(move || {
+                    for i in 0..10 {
+                        let user = format!("u{t}-{i}");
+                        cache.put("h:1", &user, None, "tok", HOUR, now).unwrap();
+                    }
+                });
+            }
+        });
+        let cache = SessionCache::new(&path);
+        for t in 0..8 {
+            for i in 0..10 {
+                assert!(cache.contains("h:1", &format!("u{t}-{i}")), "u{t}-{i}");
+            }
+        }
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("cfg/sessions.lock")), 0o600);
+        assert_eq!(mode(&dir.path().join("cfg")), 0o700);
     }
 
     #[test]
