@@ -119,6 +119,36 @@ fn vectors() -> Vec<(&'static str, Sent)> {
         ),
         ("put-request-with-body.bin", put_request()),
         (
+            "put-request-hash-after-body.bin",
+            Sent::Request(
+                RequestFrame {
+                    id: 7,
+                    request: Request::Put {
+                        path: "/notes/hello.txt".into(),
+                        size: FILE.len() as u64,
+                        hash: None,
+                        offset: 0,
+                        overwrite: true,
+                        mtime: Some(1_764_115_200),
+                    },
+                    body_len: FILE.len() as u64,
+                },
+                FILE.to_vec(),
+            ),
+        ),
+        (
+            "put-hash-request.bin",
+            Sent::Request(
+                RequestFrame::new(
+                    7,
+                    Request::PutHash {
+                        hash: Digest::of(HashAlgo::Blake3, FILE),
+                    },
+                ),
+                vec![],
+            ),
+        ),
+        (
             "put-reply.bin",
             Sent::Reply(
                 ReplyFrame::ok(
