@@ -1578,12 +1578,19 @@ fn several_connections_move_a_tree_both_ways_and_report_in_order() {
         write(&tree.join(&rel), &data);
         expected.push((rel, data));
     }
+    // Two files a level deeper: `get -r` reaches them in a round of their own, with fewer
+    // files than connections.
+    for (i, name) in ["d0/deeper/z1", "d0/deeper/z2"].into_iter().enumerate() {
+        let data = bytes(900 + i as u64, 3000);
+        write(&tree.join(name), &data);
+        expected.push((name.to_owned(), data));
+    }
     let out = json(
         srv.ferry("juno")
             .args(["put", "-r", "-j", "4", "--json"])
             .arg(&tree),
     );
-    assert_eq!(out["uploaded"], 60, "{out}");
+    assert_eq!(out["uploaded"], 62, "{out}");
     // One password login, then the other three connections with its session token.
     assert_eq!(logins(&srv), (1, 3));
     for (rel, data) in &expected {
@@ -1608,7 +1615,7 @@ fn several_connections_move_a_tree_both_ways_and_report_in_order() {
             .args(["get", "-r", "--connections", "3", "--json", "tree"])
             .arg(dst.path()),
     );
-    assert_eq!(out["downloaded"], 60, "{out}");
+    assert_eq!(out["downloaded"], 62, "{out}");
     assert_eq!(logins(&srv), (1, 3 + 3));
     for (rel, data) in &expected {
         let back = fs::read(dst.path().join("tree").join(rel)).unwrap();

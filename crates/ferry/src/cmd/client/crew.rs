@@ -125,7 +125,9 @@ impl Crew {
         if self.members.is_empty() || items.len() < 2 {
             return own(items).await;
         }
-        let shares = share_out(sizes, self.members.len() + 1);
+        // No more shares than items: a later round of a tree may have fewer files than
+        // there are connections, and an empty share would only cost its member a task.
+        let shares = share_out(sizes, (self.members.len() + 1).min(items.len()));
         let (first, others) = shares.split_first().expect("two or more shares");
         let running = self.spawn(others, items, member);
         let mine: Vec<I> = first.iter().map(|&i| items[i].clone()).collect();
