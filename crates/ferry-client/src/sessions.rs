@@ -74,6 +74,14 @@ impl SessionCache {
             .unwrap_or_default()
     }
 
+    /// Every unexpired entry.
+    pub fn entries(&self, now: SystemTime) -> Vec<CachedSession> {
+        let now = unix_secs(now);
+        let mut all = self.load().sessions;
+        all.retain(|s| s.expires > now);
+        all
+    }
+
     /// The unexpired entry for `server` and `user` issued over a server with this
     /// certificate fingerprint (`None`: plain TCP).
     pub fn get(

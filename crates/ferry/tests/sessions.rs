@@ -298,3 +298,69 @@ fn help_says_how_to_skip_the_password() {
     let out = ok(Command::new(common::BIN).args(["serve", "--help"]));
     assert!(out.contains("--session-ttl"), "{out}");
 }
+
+#[test]
+fn logout_all_ends_every_token_on_its_server() {
+    let tls = Server::start(&["ivy"]);
+    let plain = Server::start_plain(&["ivy"]);
+    // Both servers' clients share one config directory, as one user's commands do.
+    let config = tls.config.path();
+    let on = |srv: &Server| {
+        let mut c = srv.ferry("ivy");
+        c.env("FERRY_CONFIG_DIR", config);
+        c
+    };
+    ok(on(&tls).arg("pwd"));
+    ok(on(&plain).arg("pwd"));
+    let file = config.join("sessions");
+    let before = fs::read(&file).unwrap();
+    let text = String::from_utf8_lossy(&before).into_owned();
+    assert!(text.contains(&tls.addr.to_string()) && text.contains(&plain.addr.to_string()));
+
+    let out = run(on(&tls)
+        .env_remove("FERRY_PASSWORD")
+        .args(["logout", "--all"]));
+    let said = stderr(&out);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.matches("the server ended the token").count(),
+        2,
+        "{said}"
+    );
+    assert!(!file.exists());
+    // No scratch known-hosts file is left, and the user's pins are as they were.
+    let mut names: Vec<String> = fs::read_dir(config)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["known_hosts", "sessions.lock"], "{names:?}");
+    // A copy of the file taken before is worth nothing on either server.
+    fs::write(&file, &before).unwrap();
+    for srv in [&tls, &plain] {
+        let out = run(on(srv).env_remove("FERRY_PASSWORD").arg("pwd"));
+        assert!(!out.status.success(), "{}: the token still works", srv.addr);
+        assert!(log(srv).contains("token login refused"), "{}", srv.addr);
+    }
+}
+
+#[test]
+fn logout_all_does_not_send_a_token_to_a_server_with_another_certificate() {
+    let srv = Server::start(&["jon"]);
+    ok(srv.ferry("jon").arg("pwd"));
+    // As if the token had been issued over another certificate at this address.
+    let mut file = sessions(&srv);
+    file["sessions"][0]["fingerprint"] = format!("sha256:{}", "cd".repeat(32)).into();
+    fs::write(sessions_file(&srv), file.to_string()).unwrap();
+    let logins_before = log(&srv).matches("logged in").count();
+    let out = run(no_password(&srv, "jon").args(["logout", "--all"]));
+    let said = stderr(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("another certificate") && said.contains("not sent"),
+        "{said}"
+    );
+    assert!(!sessions_file(&srv).exists());
+    assert_eq!(log(&srv).matches("logged in").count(), logins_before);
+    assert!(!log(&srv).contains("token login refused"));
+}

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use ferry_client::sessions::SessionCache;
+use ferry_client::sessions::{CachedSession, SessionCache};
 use ferry_client::{Client, ClientError, ConnectOptions, Credential, TlsMode, Trust};
 use ferry_proto::ErrorCode;
 
@@ -286,7 +286,8 @@ impl Remote {
 pub struct LogoutArgs {
     #[command(flatten)]
     pub remote: Remote,
-    /// Forget the session tokens of every server and user, not just this one.
+    /// Forget the session tokens of every server and user, not just this one (each server is
+    /// asked to end its token first).
     #[arg(long)]
     pub all: bool,
 }
@@ -296,17 +297,34 @@ pub struct LogoutArgs {
 pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
     let cache = SessionCache::default_location();
     if args.all {
+        // Each server is asked to end its token first, so a copy of the file taken earlier is
+        // worthless there too; then the file goes, whatever the servers said.
+        let entries = cache.entries(SystemTime::now());
+        let ended = block_on(end_every_token(&entries));
         let removed = cache
             .clear()
             .with_context(|| format!("removing {}", cache.path().display()))?;
-        if removed {
-            eprintln!(
-                "ferry: forgot every session token ({}); the servers end them when they expire",
-                cache.path().display()
-            );
-        } else {
+        if !removed {
             eprintln!("ferry: no session tokens were kept");
+            return Ok(ExitCode::SUCCESS);
         }
+        for (s, said) in entries.iter().zip(ended) {
+            let who = format!("{}@{}", s.user, s.server);
+            match said {
+                Ok(true) => eprintln!("ferry: logged out {who} (the server ended the token)"),
+                Ok(false) => {
+                    eprintln!("ferry: logged out {who} (the server no longer held the token)")
+                }
+                Err(e) => eprintln!(
+                    "ferry: logged out {who} on this machine; could not end the token on the \
+                     server ({e:#}), where it stays valid until it expires"
+                ),
+            }
+        }
+        eprintln!(
+            "ferry: forgot every session token ({})",
+            cache.path().display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let remote = &args.remote;
@@ -327,6 +345,86 @@ pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `logout --all` gives each server to end its token: a cached server may be gone or
+/// unreachable, and logging out must not hang on it.
+const END_TOKEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the server of each cached session, all at once, to end its token; for each, whether
+/// it did (`false`: it no longer held it) or why it could not be asked. The token goes only
+/// to a server that shows the certificate it was issued over (pinned for this one connection
+/// in a scratch known-hosts file, so nothing is pinned in the user's).
+async fn end_every_token(entries: &[CachedSession]) -> Vec<anyhow::Result<bool>> {
+    let mut asking = tokio::task::JoinSet::new();
+    for (i, s) in entries.iter().cloned().enumerate() {
+        asking.spawn(async move {
+            let ended = tokio::time::timeout(END_TOKEN_TIMEOUT, end_token(&s, i))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {END_TOKEN_TIMEOUT:?}")));
+            (i, ended)
+        });
+    }
+    let mut said: Vec<anyhow::Result<bool>> = entries
+        .iter()
+        .map(|_| Err(anyhow::anyhow!("not asked")))
+        .collect();
+    while let Some(done) = asking.join_next().await {
+        if let Ok((i, ended)) = done {
+            said[i] = ended;
+        }
+    }
+    said
+}
+
+/// Logs in to `s.server` with the cached token and asks it to end it.
+async fn end_token(s: &CachedSession, nth: usize) -> anyhow::Result<bool> {
+    let scratch = ferry_client::tls::config_dir()
+        .join(format!(".logout-{}-{nth}.known_hosts", std::process::id()));
+    let tls = match &s.fingerprint {
+        None => TlsMode::Plain,
+        Some(fp) => {
+            std::fs::create_dir_all(ferry_client::tls::config_dir())?;
+            std::fs::write(&scratch, format!("{} {fp}\n", s.server))?;
+            TlsMode::Tls {
+                ca: None,
+                known_hosts: scratch.clone(),
+            }
+        }
+    };
+    let options = ConnectOptions {
+        tls,
+        session_token: true,
+    };
+    let asked = async {
+        let mut client = match Client::connect(&s.server, &options).await {
+            Err(ClientError::CertificateChanged(_)) => {
+                return Err(ClientError::Local(
+                    "it showed another certificate than the one the token was issued over, \
+                     so the token was not sent"
+                        .into(),
+                ));
+            }
+            connected => connected?,
+        };
+        if !client.offers_session_tokens() {
+            return Ok(false);
+        }
+        match client
+            .login_with(&s.user, Credential::Token(&s.token))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let ended = client.logout().await?;
+        let _ = client.quit().await;
+        Ok::<_, ClientError>(ended)
+    }
+    .await;
+    let _ = std::fs::remove_file(&scratch);
+    Ok(asked?)
 }
 
 /// Runs an async command body on a small runtime: one connection needs no more.
