@@ -223,27 +223,14 @@ impl Remote {
 
     /// Logs in with the cached token only and asks the server to end it; whether it did.
     async fn end_token_on_server(&self, user: &str) -> anyhow::Result<bool> {
-        let mut client = self.greet().await?;
+        let client = self.greet().await?;
         let fingerprint = client.server_fingerprint().cloned();
         let cache = SessionCache::default_location();
         let Some(cached) = cache.get(&self.server, user, fingerprint.as_ref(), SystemTime::now())
         else {
             return Ok(false);
         };
-        if !client.offers_session_tokens() {
-            return Ok(false);
-        }
-        match client
-            .login_with(user, Credential::Token(&cached.token))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        let ended = client.logout().await?;
-        let _ = client.quit().await;
-        Ok(ended)
+        Ok(end_with_token(client, user, &cached.token).await?)
     }
 
     /// Saves a token; a cache that cannot be written only costs password logins later.
@@ -397,7 +384,7 @@ async fn end_token(s: &CachedSession, nth: usize) -> anyhow::Result<bool> {
         session_token: true,
     };
     let asked = async {
-        let mut client = match Client::connect(&s.server, &options).await {
+        let client = match Client::connect(&s.server, &options).await {
             Err(ClientError::CertificateChanged(_)) => {
                 return Err(ClientError::Local(
                     "it showed another certificate than the one the token was issued over, \
@@ -407,24 +394,27 @@ async fn end_token(s: &CachedSession, nth: usize) -> anyhow::Result<bool> {
             }
             connected => connected?,
         };
-        if !client.offers_session_tokens() {
-            return Ok(false);
-        }
-        match client
-            .login_with(&s.user, Credential::Token(&s.token))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        let ended = client.logout().await?;
-        let _ = client.quit().await;
-        Ok::<_, ClientError>(ended)
+        end_with_token(client, &s.user, &s.token).await
     }
     .await;
     let _ = std::fs::remove_file(&scratch);
     Ok(asked?)
+}
+
+/// Logs in on `client` with `token` and asks the server to end it; whether it did (`false`:
+/// the server no longer held it, or issues no tokens).
+async fn end_with_token(mut client: Client, user: &str, token: &str) -> Result<bool, ClientError> {
+    if !client.offers_session_tokens() {
+        return Ok(false);
+    }
+    match client.login_with(user, Credential::Token(token)).await {
+        Ok(_) => {}
+        Err(e) if e.remote_code() == Some(ErrorCode::TokenInvalid) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let ended = client.logout().await?;
+    let _ = client.quit().await;
+    Ok(ended)
 }
 
 /// Runs an async command body on a small runtime: one connection needs no more.
