@@ -7,6 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ferry_proto::{Digest, ErrorCode, HashAlgo, Hasher, Reply, Request, RequestFrame};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,10 @@ use crate::progress::Progress;
 /// on a thread of their own while their body is sent, and the hash follows the body in a
 /// `put_hash` frame; smaller files are read once into memory for both.
 pub const LARGE_FILE: u64 = 1 << 20;
+
+/// How long an upload answered `busy` (another upload to the same path in progress) is tried
+/// again before it is reported.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// Suffix of a download in progress, beside its final name.
 pub const PARTIAL_SUFFIX: &str = ".ferry-part";
@@ -196,6 +201,32 @@ impl Client {
             };
             let redone = self.put_round(&again, &fresh, progress).await?;
             for (i, r) in retry.into_iter().zip(redone) {
+                results[i] = r;
+            }
+        }
+        // A file another upload is writing right now is `busy`. Most often that other upload
+        // is this user's own, interrupted a moment ago, whose connection the server has not yet
+        // let go of (a command run again right after Ctrl-C): try such files again for a
+        // while before reporting them.
+        let deadline = tokio::time::Instant::now() + BUSY_RETRY_FOR;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let busy: Vec<usize> = results
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    matches!(r, Err(Retry::Failed(e)) if e.remote_code() == Some(ErrorCode::Busy))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if busy.is_empty() || tokio::time::Instant::now() + pause > deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+            let again: Vec<PutItem> = busy.iter().map(|&i| items[i].clone()).collect();
+            let redone = self.put_round(&again, opts, progress).await?;
+            for (i, r) in busy.into_iter().zip(redone) {
                 results[i] = r;
             }
         }

@@ -1752,3 +1752,81 @@ fn a_connection_count_out_of_range_is_refused_before_connecting() {
         }
     }
 }
+
+#[test]
+fn an_upload_busy_with_an_interrupted_one_waits_for_it_to_go() {
+    let srv = Server::start(&["max"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let data = bytes(77, 6 * 1024 * 1024);
+    write(&file, &data);
+    // A first upload of the same file crawls through a relay (~400 KB/s): the path is taken.
+    let proxy = SlowProxy::start(srv.addr, 4096);
+    let mut first = srv
+        .ferry_at(&proxy.addr.to_string(), "max")
+        .args(["put", "-q"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    wait_until(30, "the first upload to start", || {
+        proxy.upstream.load(Ordering::Relaxed) > 256 * 1024
+    });
+    // A second one meanwhile: `busy`, tried again until the first is gone (killed here a
+    // second later, as by Ctrl-C), then it finishes, continuing what the first left.
+    let second = srv
+        .ferry("max")
+        .args(["put", "--json"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Its connection closes (the relay would otherwise go on forwarding what it buffered).
+    drop(proxy);
+    let second = second.wait_with_output().unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&second.stderr));
+    });
+    assert!(second.status.success(), "{out}");
+    assert_eq!(out["uploaded"], 1, "{out}");
+    assert_eq!(fs::read(srv.home("max").join("big.bin")).unwrap(), data);
+}
+
+#[test]
+fn an_upload_busy_for_long_is_reported_busy() {
+    let srv = Server::start(&["nia"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    write(&file, &bytes(78, 6 * 1024 * 1024));
+    let proxy = SlowProxy::start(srv.addr, 4096);
+    let mut first = srv
+        .ferry_at(&proxy.addr.to_string(), "nia")
+        .args(["put", "-q"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    wait_until(30, "the first upload to start", || {
+        proxy.upstream.load(Ordering::Relaxed) > 256 * 1024
+    });
+    let started = std::time::Instant::now();
+    let out = srv
+        .ferry("nia")
+        .args(["put", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let waited = started.elapsed();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!out.status.success());
+    let report = report_of(&out);
+    assert_eq!(report["files"][0]["code"], "busy", "{report}");
+    // It was tried again for a while (5 s), not given up at once, nor forever.
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(30),
+        "{waited:?}"
+    );
+}
