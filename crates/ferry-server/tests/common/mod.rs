@@ -453,3 +453,22 @@ pub async fn reply_to(c: &mut Client, id: u64) -> ReplyFrame {
     assert!(body.is_empty());
     f
 }
+
+/// Runs `attempt` (given the attempt's number, 0 first) until its reply is not `busy`, for
+/// about five seconds at most. Right after a connection is cut in the middle of an upload,
+/// its session may still hold the path while it syncs what arrived (the partial already
+/// shows every byte), and a put of that path is then `busy`; a client tries again, and so do
+/// the tests that resume at once.
+pub async fn unless_busy<T>(
+    mut attempt: impl AsyncFnMut(u64) -> Result<T, WireError>,
+) -> Result<T, WireError> {
+    for n in 0.. {
+        match attempt(n).await {
+            Err(e) if e.code == ErrorCode::Busy && n < 100 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done => return done,
+        }
+    }
+    unreachable!("the loop returns")
+}
