@@ -188,6 +188,7 @@ impl Client {
         opts: &PutOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<Result<PutOutcome>>> {
+        let busy_deadline = tokio::time::Instant::now() + BUSY_RETRY_FOR;
         let mut results = self.put_round(items, opts, progress).await?;
         // A resumed prefix that turned out to belong to another version of the file (the
         // server keys hash-after-body partials by size and mtime, not content) was discarded
@@ -207,8 +208,12 @@ impl Client {
         // A file another upload is writing right now is `busy`. Most often that other upload
         // is this user's own, interrupted a moment ago, whose connection the server has not yet
         // let go of (a command run again right after Ctrl-C): try such files again for a
-        // while before reporting them.
-        let deadline = tokio::time::Instant::now() + BUSY_RETRY_FOR;
+        // while from the start of the command before reporting them. Each attempt sends the
+        // body again (the server skips it): a large file on a slow link outlasts that while on
+        // its first attempt and is not sent twice, and a path that turns busy late in a long
+        // transfer is someone else's upload, reported at once. Progress counted those files
+        // once; the attempts again are not shown.
+        let deadline = busy_deadline;
         let mut pause = Duration::from_millis(50);
         loop {
             let busy: Vec<usize> = results
@@ -225,7 +230,9 @@ impl Client {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
             let again: Vec<PutItem> = busy.iter().map(|&i| items[i].clone()).collect();
-            let redone = self.put_round(&again, opts, progress).await?;
+            let redone = self
+                .put_round(&again, opts, &crate::progress::NoProgress)
+                .await?;
             for (i, r) in busy.into_iter().zip(redone) {
                 results[i] = r;
             }
