@@ -1753,24 +1753,34 @@ fn a_connection_count_out_of_range_is_refused_before_connecting() {
     }
 }
 
-#[test]
-fn an_upload_busy_with_an_interrupted_one_waits_for_it_to_go() {
-    let srv = Server::start(&["max"]);
-    let src = tempfile::tempdir().unwrap();
-    let file = src.path().join("big.bin");
+/// A file of 6 MiB being uploaded by a first `ferry put` that crawls through a relay (~400
+/// KB/s), so its path stays taken; returns the file's bytes, the client and the relay.
+fn start_slow_upload(
+    srv: &Server,
+    user: &str,
+    file: &Path,
+) -> (Vec<u8>, std::process::Child, SlowProxy) {
     let data = bytes(77, 6 * 1024 * 1024);
-    write(&file, &data);
-    // A first upload of the same file crawls through a relay (~400 KB/s): the path is taken.
+    write(file, &data);
     let proxy = SlowProxy::start(srv.addr, 4096);
-    let mut first = srv
-        .ferry_at(&proxy.addr.to_string(), "max")
+    let first = srv
+        .ferry_at(&proxy.addr.to_string(), user)
         .args(["put", "-q"])
-        .arg(&file)
+        .arg(file)
         .spawn()
         .unwrap();
     wait_until(30, "the first upload to start", || {
         proxy.upstream.load(Ordering::Relaxed) > 256 * 1024
     });
+    (data, first, proxy)
+}
+
+#[test]
+fn an_upload_busy_with_an_interrupted_one_waits_for_it_to_go() {
+    let srv = Server::start(&["max"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let (data, mut first, proxy) = start_slow_upload(&srv, "max", &file);
     // A second one meanwhile: `busy`, tried again until the first is gone (killed here a
     // second later, as by Ctrl-C), then it finishes, continuing what the first left.
     let second = srv
@@ -1787,9 +1797,7 @@ fn an_upload_busy_with_an_interrupted_one_waits_for_it_to_go() {
     // Its connection closes (the relay would otherwise go on forwarding what it buffered).
     drop(proxy);
     let second = second.wait_with_output().unwrap();
-    let out: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&second.stderr));
-    });
+    let out = report_of(&second);
     assert!(second.status.success(), "{out}");
     assert_eq!(out["uploaded"], 1, "{out}");
     assert_eq!(fs::read(srv.home("max").join("big.bin")).unwrap(), data);
@@ -1800,17 +1808,7 @@ fn an_upload_busy_for_long_is_reported_busy() {
     let srv = Server::start(&["nia"]);
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("big.bin");
-    write(&file, &bytes(78, 6 * 1024 * 1024));
-    let proxy = SlowProxy::start(srv.addr, 4096);
-    let mut first = srv
-        .ferry_at(&proxy.addr.to_string(), "nia")
-        .args(["put", "-q"])
-        .arg(&file)
-        .spawn()
-        .unwrap();
-    wait_until(30, "the first upload to start", || {
-        proxy.upstream.load(Ordering::Relaxed) > 256 * 1024
-    });
+    let (_, mut first, _proxy) = start_slow_upload(&srv, "nia", &file);
     let started = std::time::Instant::now();
     let out = srv
         .ferry("nia")
