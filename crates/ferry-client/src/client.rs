@@ -60,6 +60,8 @@ pub struct Client {
     trust: Option<Trust>,
     fingerprint: Option<Digest>,
     pub(crate) scratch: Vec<u8>,
+    /// Why a batch of transfers found the connection failed (see [`Client::is_broken`]).
+    pub(crate) broken: Option<String>,
 }
 
 /// Entries per `ls` reply at most: about 7 MiB of reply with hashes, well inside the 16 MiB
@@ -134,6 +136,7 @@ impl Client {
             trust,
             fingerprint,
             scratch: Vec::new(),
+            broken: None,
         };
         let reply = client
             .call(Request::Hello {
@@ -169,6 +172,12 @@ impl Client {
 
     pub fn hello(&self) -> &ServerHello {
         &self.hello
+    }
+
+    /// Whether a batch of transfers ([`Client::get_files`], [`Client::put_files`]) ended
+    /// with the connection failed: nothing more can be done with this client.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     /// How the server's certificate was trusted (None on plain TCP).
@@ -245,9 +254,21 @@ impl Client {
         s
     }
 
+    /// Fails at once on a connection a batch of transfers found failed: it may have stopped
+    /// in the middle of a frame, so nothing more can be read from it.
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        match &self.broken {
+            Some(cause) => Err(ClientError::Interrupted(format!(
+                "the connection failed earlier ({cause})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Sends one request without a body and waits for its reply. A reply body, if any, is
     /// discarded (use the transfer functions for downloads).
     pub async fn call(&mut self, request: Request) -> Result<Reply> {
+        self.check_usable()?;
         let id = self.next_id();
         let frame = RequestFrame::new(id, request);
         let mut scratch = self.scratch();
@@ -266,6 +287,7 @@ impl Client {
     /// Sends many body-less requests at once and returns their results in order: one round
     /// trip for the lot.
     pub async fn call_many(&mut self, requests: Vec<Request>) -> Result<Vec<Result<Reply>>> {
+        self.check_usable()?;
         let first = self.next_id;
         self.next_id += requests.len() as u64;
         let count = requests.len();
@@ -399,6 +421,9 @@ impl Client {
 
     /// Says goodbye; the server closes the connection after answering.
     pub async fn quit(mut self) -> Result<()> {
+        if self.is_broken() {
+            return Ok(());
+        }
         match self.call(Request::Quit).await {
             Ok(Reply::Quit) | Err(ClientError::Closed) => Ok(()),
             Ok(other) => Err(unexpected("quit", &other)),

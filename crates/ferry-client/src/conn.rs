@@ -89,6 +89,7 @@ impl Connection {
                 half: r,
                 decoder: &mut self.decoder,
                 rbuf: &mut self.rbuf,
+                failed: None,
             },
             FrameWriter {
                 half: w,
@@ -172,6 +173,10 @@ pub(crate) struct FrameReader<'a> {
     half: ReadAny<'a>,
     decoder: &'a mut FrameDecoder,
     rbuf: &'a mut BytesMut,
+    /// A read failure [`FrameReader::fill_body`] met after it had filled part of a buffer:
+    /// those bytes go out first (into the partial, for a resume), the failure with the next
+    /// call.
+    failed: Option<ClientError>,
 }
 
 impl FrameReader<'_> {
@@ -242,7 +247,13 @@ impl FrameReader<'_> {
     /// Fills as much of `buf` as the rest of the current body allows, and returns how much
     /// that was. Unlike [`FrameReader::read_body`] the bytes land in the caller's buffer,
     /// which can then be handed to another thread without a copy.
+    ///
+    /// Should the connection fail with part of `buf` filled, that part is returned and the
+    /// failure comes with the next call, so that what arrived is kept.
     pub(crate) async fn fill_body(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let want = self.decoder.body_remaining().min(buf.len() as u64) as usize;
         let mut filled = 0;
         while filled < want {
@@ -253,17 +264,21 @@ impl FrameReader<'_> {
                 self.rbuf.advance(n);
                 n
             } else {
-                let n = self
-                    .half
-                    .read(&mut buf[filled..want])
-                    .await
-                    .map_err(|e| ClientError::io("reading from server", e))?;
-                if n == 0 {
-                    return Err(ClientError::Proto(ferry_proto::ProtoError::Truncated(
+                let read = match self.half.read(&mut buf[filled..want]).await {
+                    Ok(0) => Err(ClientError::Proto(ferry_proto::ProtoError::Truncated(
                         "inside a body",
-                    )));
+                    ))),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(ClientError::io("reading from server", e)),
+                };
+                match read {
+                    Ok(n) => n,
+                    Err(e) if filled > 0 => {
+                        self.failed = Some(e);
+                        return Ok(filled);
+                    }
+                    Err(e) => return Err(e),
                 }
-                n
             };
             self.decoder.consume_body(n as u64);
             filled += n;

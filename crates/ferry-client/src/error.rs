@@ -39,6 +39,10 @@ pub enum ClientError {
     /// A local precondition failed (e.g. a directory where a file is expected).
     #[error("{0}")]
     Local(String),
+    /// An item of a batch that the connection's failure (described here) left unfinished.
+    /// Whatever of it arrived is kept for a resume.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl ClientError {
@@ -55,6 +59,15 @@ impl ClientError {
             ClientError::Remote(w) => Some(w.code),
             ClientError::ChecksumMismatch { .. } => Some(ErrorCode::ChecksumMismatch),
             _ => None,
+        }
+    }
+
+    /// The [`ClientError::Interrupted`] that the items a failed connection left unfinished
+    /// carry.
+    pub fn interrupted(cause: &ClientError) -> Self {
+        match cause {
+            ClientError::Interrupted(why) => ClientError::Interrupted(why.clone()),
+            cause => ClientError::Interrupted(cause.to_string()),
         }
     }
 

@@ -34,5 +34,5 @@ pub use progress::{NoProgress, Progress};
 pub use tls::{TlsMode, Trust};
 pub use transfer::{
     GetItem, GetOptions, GetOutcome, LARGE_FILE, PARTIAL_META_SUFFIX, PARTIAL_SUFFIX, PutItem,
-    PutOptions, PutOutcome, hash_file,
+    PutOptions, PutOutcome, Transferred, hash_file,
 };

@@ -109,6 +109,17 @@ pub struct GetOutcome {
     pub resumed_from: u64,
 }
 
+/// What a batch of uploads or downloads came to.
+#[derive(Debug)]
+pub struct Transferred<T> {
+    /// One result per item, in order. The items a failed connection left unfinished carry
+    /// [`ClientError::Interrupted`]; what of them arrived is kept for a resume.
+    pub results: Vec<Result<T>>,
+    /// Why the connection failed, if it did: the client cannot be used again
+    /// ([`Client::is_broken`]).
+    pub broken: Option<ClientError>,
+}
+
 /// Hashes a local file with blake3, reading it in large pieces.
 pub fn hash_file(path: &Path, algo: HashAlgo) -> Result<Digest> {
     let mut file = File::open(path).map_err(|e| ClientError::io(path.display().to_string(), e))?;
@@ -167,13 +178,37 @@ fn restarted<T>(results: &[Result<T, Retry>]) -> Vec<usize> {
 }
 
 /// The final results once the restarted items were redone; `what` names a second restart.
-fn settle<T>(results: Vec<Result<T, Retry>>, what: &str) -> Vec<Result<T>> {
+/// An item still to restart when the connection failed (`broken`) was interrupted.
+fn settle<T>(
+    results: Vec<Result<T, Retry>>,
+    what: &str,
+    broken: Option<&ClientError>,
+) -> Vec<Result<T>> {
     results
         .into_iter()
         .map(|r| {
-            r.map_err(|e| match e {
-                Retry::Failed(e) => e,
-                Retry::Restart => ClientError::Local(format!("{what} restarted twice")),
+            r.map_err(|e| match (e, broken) {
+                (Retry::Failed(e), _) => e,
+                (Retry::Restart, Some(cause)) => ClientError::interrupted(cause),
+                (Retry::Restart, None) => ClientError::Local(format!("{what} restarted twice")),
+            })
+        })
+        .collect()
+}
+
+/// Per item of a round: its result, or (`None`) that the connection failed first.
+fn or_interrupted<T>(
+    results: impl IntoIterator<Item = Option<Result<T, Retry>>>,
+    broken: Option<&ClientError>,
+) -> Vec<Result<T, Retry>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Retry::Failed(match broken {
+                    Some(cause) => ClientError::interrupted(cause),
+                    None => ClientError::Closed,
+                }))
             })
         })
         .collect()
@@ -181,29 +216,30 @@ fn settle<T>(results: Vec<Result<T, Retry>>, what: &str) -> Vec<Result<T>> {
 
 impl Client {
     /// Uploads files, pipelined, each verified by the server against the hash we declare.
-    /// Returns one result per item, in order; the outer error means the connection failed.
+    /// Returns one result per item, in order, and whether the connection failed.
     pub async fn put_files(
         &mut self,
         items: &[PutItem],
         opts: &PutOptions,
         progress: &dyn Progress,
-    ) -> Result<Vec<Result<PutOutcome>>> {
+    ) -> Transferred<PutOutcome> {
         let busy_deadline = tokio::time::Instant::now() + BUSY_RETRY_FOR;
-        let mut results = self.put_round(items, opts, progress).await?;
+        let (mut results, mut broken) = self.put_round(items, opts, progress).await;
         // A resumed prefix that turned out to belong to another version of the file (the
         // server keys hash-after-body partials by size and mtime, not content) was discarded
         // by the server; upload those files again from the start, once.
         let retry = restarted(&results);
-        if !retry.is_empty() {
+        if !retry.is_empty() && broken.is_none() {
             let again: Vec<PutItem> = retry.iter().map(|&i| items[i].clone()).collect();
             let fresh = PutOptions {
                 resume: false,
                 ..opts.clone()
             };
-            let redone = self.put_round(&again, &fresh, progress).await?;
+            let (redone, failed) = self.put_round(&again, &fresh, progress).await;
             for (i, r) in retry.into_iter().zip(redone) {
                 results[i] = r;
             }
+            broken = failed;
         }
         // A file another upload is writing right now is `busy`. Most often that other upload
         // is this user's own, interrupted a moment ago, whose connection the server has not yet
@@ -215,7 +251,7 @@ impl Client {
         // once; the attempts again are not shown.
         let deadline = busy_deadline;
         let mut pause = Duration::from_millis(50);
-        loop {
+        while broken.is_none() {
             let busy: Vec<usize> = results
                 .iter()
                 .enumerate()
@@ -230,14 +266,35 @@ impl Client {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
             let again: Vec<PutItem> = busy.iter().map(|&i| items[i].clone()).collect();
-            let redone = self
+            let (redone, failed) = self
                 .put_round(&again, opts, &crate::progress::NoProgress)
-                .await?;
+                .await;
             for (i, r) in busy.into_iter().zip(redone) {
                 results[i] = r;
             }
+            broken = failed;
         }
-        Ok(settle(results, "upload"))
+        self.note_broken(broken.as_ref());
+        Transferred {
+            results: settle(results, "upload", broken.as_ref()),
+            broken,
+        }
+    }
+
+    /// Remembers that the connection failed (see [`Client::is_broken`]).
+    fn note_broken(&mut self, broken: Option<&ClientError>) {
+        if let Some(e) = broken {
+            self.broken.get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    /// A round on a connection that already failed: every item interrupted, at once.
+    fn refuse_round<T>(&self, n: usize) -> Option<(Vec<Result<T, Retry>>, ClientError)> {
+        let e = self.check_usable().err()?;
+        let results = (0..n)
+            .map(|_| Err(Retry::Failed(ClientError::interrupted(&e))))
+            .collect();
+        Some((results, e))
     }
 
     async fn put_round(
@@ -245,9 +302,20 @@ impl Client {
         items: &[PutItem],
         opts: &PutOptions,
         progress: &dyn Progress,
-    ) -> Result<Vec<Result<PutOutcome, Retry>>> {
+    ) -> (Vec<Result<PutOutcome, Retry>>, Option<ClientError>) {
+        if let Some((results, e)) = self.refuse_round(items.len()) {
+            return (results, Some(e));
+        }
         let mut cache = None;
-        let prepared = self.prepare_large_puts(items, opts, &mut cache).await?;
+        let prepared = match self.prepare_large_puts(items, opts, &mut cache).await {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    or_interrupted(items.iter().map(|_| None), Some(&e)),
+                    Some(e),
+                );
+            }
+        };
         let first_id = self.reserve_ids(items.len());
         let (mut reader, mut writer) = self.conn.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<PutSent>();
@@ -280,66 +348,71 @@ impl Client {
         let receive = async {
             let mut results: Vec<Option<Result<PutOutcome, Retry>>> =
                 (0..items.len()).map(|_| None).collect();
-            while let Some(sent) = rx.recv().await {
-                match sent {
-                    PutSent::LocalError { index, error } => {
-                        progress.finish_file(&items[index].remote, false);
-                        results[index] = Some(Err(Retry::Failed(error)));
-                    }
-                    PutSent::Request { index, id, offset } => {
-                        let reply = reader.read_reply().await?;
-                        check_id(&reply, id)?;
-                        let prep = prepared[index].as_ref();
-                        let outcome = match reply.result {
-                            Ok(Reply::Put { path, size, hash }) => {
-                                if let (Some(p), Some(cache)) = (prep, cache.as_mut()) {
-                                    // The server's own hash of what it received: keep it
-                                    // if the file is still the version that was sent.
-                                    if let Ok(meta) = fs::metadata(&items[index].local) {
-                                        let now = FileVersion::of(&meta);
-                                        cache.record(&p.version, &now, p.began, hash.clone());
-                                    }
-                                }
-                                Ok(PutOutcome {
-                                    remote: path,
-                                    size,
-                                    hash,
-                                    resumed_from: offset,
-                                })
-                            }
-                            Ok(other) => Err(Retry::Failed(unexpected("put", &other))),
-                            Err(e)
-                                if e.code == ErrorCode::ChecksumMismatch
-                                    && prep.is_some_and(|p| p.cached) =>
-                            {
-                                // The kept hash was wrong (the file changed in a way its
-                                // stat did not show): forget it, and upload the file again,
-                                // hashing it.
-                                if let (Some(p), Some(cache)) = (prep, cache.as_mut()) {
-                                    cache.forget(&p.version);
-                                }
-                                tracing::warn!(
-                                    "{}: the hash kept from an earlier upload did not match; \
-                                     uploading it again",
-                                    items[index].local.display()
-                                );
-                                Err(Retry::Restart)
-                            }
-                            Err(e) if offset > 0 && e.code == ErrorCode::ChecksumMismatch => {
-                                Err(Retry::Restart)
-                            }
-                            Err(e) => Err(Retry::Failed(ClientError::Remote(e))),
-                        };
-                        if !matches!(outcome, Err(Retry::Restart)) {
-                            progress.finish_file(&items[index].remote, outcome.is_ok());
+            // Until the connection fails, if it does: the results so far are kept.
+            let failed = async {
+                while let Some(sent) = rx.recv().await {
+                    match sent {
+                        PutSent::LocalError { index, error } => {
+                            progress.finish_file(&items[index].remote, false);
+                            results[index] = Some(Err(Retry::Failed(error)));
                         }
-                        results[index] = Some(outcome);
+                        PutSent::Request { index, id, offset } => {
+                            let reply = reader.read_reply().await?;
+                            check_id(&reply, id)?;
+                            let prep = prepared[index].as_ref();
+                            let outcome = match reply.result {
+                                Ok(Reply::Put { path, size, hash }) => {
+                                    if let (Some(p), Some(cache)) = (prep, cache.as_mut()) {
+                                        // The server's own hash of what it received: keep it
+                                        // if the file is still the version that was sent.
+                                        if let Ok(meta) = fs::metadata(&items[index].local) {
+                                            let now = FileVersion::of(&meta);
+                                            cache.record(&p.version, &now, p.began, hash.clone());
+                                        }
+                                    }
+                                    Ok(PutOutcome {
+                                        remote: path,
+                                        size,
+                                        hash,
+                                        resumed_from: offset,
+                                    })
+                                }
+                                Ok(other) => Err(Retry::Failed(unexpected("put", &other))),
+                                Err(e)
+                                    if e.code == ErrorCode::ChecksumMismatch
+                                        && prep.is_some_and(|p| p.cached) =>
+                                {
+                                    // The kept hash was wrong (the file changed in a way its
+                                    // stat did not show): forget it, and upload the file again,
+                                    // hashing it.
+                                    if let (Some(p), Some(cache)) = (prep, cache.as_mut()) {
+                                        cache.forget(&p.version);
+                                    }
+                                    tracing::warn!(
+                                        "{}: the hash kept from an earlier upload did not match; \
+                                     uploading it again",
+                                        items[index].local.display()
+                                    );
+                                    Err(Retry::Restart)
+                                }
+                                Err(e) if offset > 0 && e.code == ErrorCode::ChecksumMismatch => {
+                                    Err(Retry::Restart)
+                                }
+                                Err(e) => Err(Retry::Failed(ClientError::Remote(e))),
+                            };
+                            if !matches!(outcome, Err(Retry::Restart)) {
+                                progress.finish_file(&items[index].remote, outcome.is_ok());
+                            }
+                            results[index] = Some(outcome);
+                        }
                     }
                 }
+                Ok::<_, ClientError>(())
             }
-            Ok::<_, ClientError>(results)
+            .await;
+            (results, failed.err())
         };
-        let (sent, received) = tokio::join!(send, receive);
+        let (sent, (results, received)) = tokio::join!(send, receive);
         if let Some(cache) = cache.as_mut() {
             // Not worth a warning on every upload (a read-only home, say): without the file,
             // files are hashed as they are sent, as with --rehash.
@@ -347,11 +420,8 @@ impl Client {
                 tracing::debug!("cannot save {}: {e}", cache.path().display());
             }
         }
-        sent?;
-        Ok(received?
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(Retry::Failed(ClientError::Closed))))
-            .collect())
+        let broken = sent.err().or(received);
+        (or_interrupted(results, broken.as_ref()), broken)
     }
 
     /// Works out the large files' identities and asks, in one pipelined round, how much of
@@ -449,17 +519,17 @@ impl Client {
     }
 
     /// Downloads files, pipelined, each verified against the server's hash before it takes
-    /// its final name. Returns one result per item, in order.
+    /// its final name. Returns one result per item, in order, and whether the connection
+    /// failed.
     pub async fn get_files(
         &mut self,
         items: &[GetItem],
         opts: &GetOptions,
         progress: &dyn Progress,
-    ) -> Result<Vec<Result<GetOutcome>>> {
-        let (results, _) = self
-            .get_files_then(items, Vec::new(), opts, progress)
-            .await?;
-        Ok(results)
+    ) -> Transferred<GetOutcome> {
+        self.get_files_then(items, Vec::new(), opts, progress)
+            .await
+            .0
     }
 
     /// [`Self::get_files`], with `then` pipelined behind the downloads: their replies (bodies
@@ -471,23 +541,30 @@ impl Client {
         then: Vec<Request>,
         opts: &GetOptions,
         progress: &dyn Progress,
-    ) -> Result<(Vec<Result<GetOutcome>>, Vec<Result<Reply>>)> {
-        let (mut results, then_replies) = self.get_round(items, then, opts, progress).await?;
+    ) -> (Transferred<GetOutcome>, Vec<Result<Reply>>) {
+        let (mut results, then_replies, mut broken) =
+            self.get_round(items, then, opts, progress).await;
         // A partial that turned out to belong to another file is thrown away and the download
         // done again from the start, once.
         let retry = restarted(&results);
-        if !retry.is_empty() {
+        if !retry.is_empty() && broken.is_none() {
             let again: Vec<GetItem> = retry.iter().map(|&i| items[i].clone()).collect();
             let fresh = GetOptions {
                 resume: false,
                 ..opts.clone()
             };
-            let (redone, _) = self.get_round(&again, Vec::new(), &fresh, progress).await?;
+            let (redone, _, failed) = self.get_round(&again, Vec::new(), &fresh, progress).await;
             for (i, r) in retry.into_iter().zip(redone) {
                 results[i] = r;
             }
+            broken = failed;
         }
-        Ok((settle(results, "download"), then_replies))
+        self.note_broken(broken.as_ref());
+        let done = Transferred {
+            results: settle(results, "download", broken.as_ref()),
+            broken,
+        };
+        (done, then_replies)
     }
 
     #[allow(clippy::type_complexity)]
@@ -497,8 +574,18 @@ impl Client {
         then: Vec<Request>,
         opts: &GetOptions,
         progress: &dyn Progress,
-    ) -> Result<(Vec<Result<GetOutcome, Retry>>, Vec<Result<Reply>>)> {
+    ) -> (
+        Vec<Result<GetOutcome, Retry>>,
+        Vec<Result<Reply>>,
+        Option<ClientError>,
+    ) {
         let then_count = then.len();
+        if let Some((results, e)) = self.refuse_round(items.len()) {
+            let then_replies = (0..then_count)
+                .map(|_| Err(ClientError::interrupted(&e)))
+                .collect();
+            return (results, then_replies, Some(e));
+        }
         let first_id = self.reserve_ids(items.len() + then_count);
         let first_then_id = first_id + items.len() as u64;
         let mut scratch = self.scratch();
@@ -541,73 +628,89 @@ impl Client {
         };
         let receive = async {
             let mut results = Vec::with_capacity(items.len());
+            let mut then_replies = Vec::new();
             let mut targets = TargetDir::default();
-            while let Some((index, id, held)) = rx.recv().await {
-                let item = &items[index];
-                let reply = reader.read_reply().await?;
-                check_id(&reply, id)?;
-                let (size, offset, mtime, hash) = match reply.result {
-                    Ok(Reply::Get {
-                        size,
-                        offset,
-                        mtime,
-                        hash,
-                        ..
-                    }) => (size, offset, mtime, hash),
-                    Ok(other) => {
-                        results.push(Err(Retry::Failed(unexpected("get", &other))));
-                        continue;
-                    }
-                    Err(e) => {
-                        progress.finish_file(&item.remote, false);
-                        results.push(Err(Retry::Failed(ClientError::Remote(e))));
-                        continue;
-                    }
-                };
-                if let Leftover::Resumable(h) = &held {
-                    if h.size != size || h.hash != hash || offset != h.held {
-                        reader.skip_body(&mut scratch).await?;
-                        PartialMeta::discard(&item.local);
-                        results.push(Err(Retry::Restart));
-                        continue;
-                    }
-                }
-                progress.start_file(&item.remote, size, offset);
-                let opened =
-                    DownloadSink::open(item, size, offset, &hash, &held, opts, &mut targets);
-                let mut sink = match opened {
-                    Ok(s) => s,
-                    Err(e) => {
-                        reader.skip_body(&mut scratch).await?;
-                        progress.finish_file(&item.remote, false);
-                        results.push(Err(Retry::Failed(e)));
-                        continue;
-                    }
-                };
-                let local_error = sink.receive(&mut reader, &mut scratch, progress).await?;
-                let outcome = match local_error {
-                    Some(e) => Err(e),
-                    None => sink
-                        .finish(&item.remote, mtime, opts.overwrite, &mut targets)
-                        .map(|hash| GetOutcome {
-                            remote: item.remote.clone(),
-                            local: item.local.clone(),
+            // Until the connection fails, if it does: the results so far are kept.
+            let failed = async {
+                while let Some((index, id, held)) = rx.recv().await {
+                    let item = &items[index];
+                    let reply = reader.read_reply().await?;
+                    check_id(&reply, id)?;
+                    let (size, offset, mtime, hash) = match reply.result {
+                        Ok(Reply::Get {
                             size,
+                            offset,
+                            mtime,
                             hash,
-                            resumed_from: offset,
-                        }),
-                };
-                progress.finish_file(&item.remote, outcome.is_ok());
-                results.push(outcome.map_err(Retry::Failed));
+                            ..
+                        }) => (size, offset, mtime, hash),
+                        Ok(other) => {
+                            results.push(Err(Retry::Failed(unexpected("get", &other))));
+                            continue;
+                        }
+                        Err(e) => {
+                            progress.finish_file(&item.remote, false);
+                            results.push(Err(Retry::Failed(ClientError::Remote(e))));
+                            continue;
+                        }
+                    };
+                    if let Leftover::Resumable(h) = &held {
+                        if h.size != size || h.hash != hash || offset != h.held {
+                            reader.skip_body(&mut scratch).await?;
+                            PartialMeta::discard(&item.local);
+                            results.push(Err(Retry::Restart));
+                            continue;
+                        }
+                    }
+                    progress.start_file(&item.remote, size, offset);
+                    let opened =
+                        DownloadSink::open(item, size, offset, &hash, &held, opts, &mut targets);
+                    let mut sink = match opened {
+                        Ok(s) => s,
+                        Err(e) => {
+                            reader.skip_body(&mut scratch).await?;
+                            progress.finish_file(&item.remote, false);
+                            results.push(Err(Retry::Failed(e)));
+                            continue;
+                        }
+                    };
+                    let local_error = sink.receive(&mut reader, &mut scratch, progress).await?;
+                    let outcome = match local_error {
+                        Some(e) => Err(e),
+                        None => sink
+                            .finish(&item.remote, mtime, opts.overwrite, &mut targets)
+                            .map(|hash| GetOutcome {
+                                remote: item.remote.clone(),
+                                local: item.local.clone(),
+                                size,
+                                hash,
+                                resumed_from: offset,
+                            }),
+                    };
+                    progress.finish_file(&item.remote, outcome.is_ok());
+                    results.push(outcome.map_err(Retry::Failed));
+                }
+                then_replies =
+                    read_results(&mut reader, &mut scratch, first_then_id, then_count).await?;
+                Ok::<_, ClientError>(())
             }
-            let then_replies =
-                read_results(&mut reader, &mut scratch, first_then_id, then_count).await?;
-            Ok::<_, ClientError>((results, then_replies))
+            .await;
+            (results, then_replies, failed.err())
         };
-        let (sent, received) = tokio::join!(send, receive);
+        let (sent, (results, mut then_replies, received)) = tokio::join!(send, receive);
         self.scratch = scratch;
-        sent?;
-        received
+        let broken = sent.err().or(received);
+        if let Some(e) = &broken {
+            then_replies.resize_with(then_count, || Err(ClientError::interrupted(e)));
+        }
+        let mut results: Vec<Option<Result<GetOutcome, Retry>>> =
+            results.into_iter().map(Some).collect();
+        results.resize_with(items.len(), || None);
+        (
+            or_interrupted(results, broken.as_ref()),
+            then_replies,
+            broken,
+        )
     }
 }
 

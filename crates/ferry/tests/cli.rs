@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use common::{BIN, Server, SlowProxy, bytes, json, ok, run, wait_until};
+use common::{BIN, Cut, Server, SlowProxy, bytes, json, ok, run, wait_until};
 use ferry_proto::{Digest, HashAlgo};
 
 fn write(path: &Path, data: &[u8]) {
@@ -392,31 +392,32 @@ fn resumed_upload_of_a_rewritten_file_starts_over_and_is_identical() {
     );
 }
 
-#[test]
-fn shell_runs_a_scripted_session() {
-    let srv = Server::start(&["heidi"]);
-    let work = tempfile::tempdir().unwrap();
-    write(&work.path().join("local.txt"), b"from the shell");
-    let mut child = srv
-        .ferry("heidi")
+/// Runs `ferry shell -q` in `dir` with `script` (lines) on its stdin.
+fn run_shell(ferry: &mut Command, dir: &Path, script: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = ferry
         .args(["shell", "-q"])
-        .current_dir(work.path())
+        .current_dir(dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(
-            stdin,
-            "mkdir docs\ncd docs\npwd\nput local.txt\nls -l\nmv local.txt 'renamed file.txt'\n\
-             lcd ..\nbogus\nstat 'renamed file.txt' md5\nquit"
-        )
-        .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{script}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn shell_runs_a_scripted_session() {
+    let srv = Server::start(&["heidi"]);
+    let work = tempfile::tempdir().unwrap();
+    write(&work.path().join("local.txt"), b"from the shell");
+    let out = run_shell(
+        &mut srv.ferry("heidi"),
+        work.path(),
+        "mkdir docs\ncd docs\npwd\nput local.txt\nls -l\nmv local.txt 'renamed file.txt'\n\
+         lcd ..\nbogus\nstat 'renamed file.txt' md5\nquit",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("/docs"), "{stdout}\n{stderr}");
@@ -1827,4 +1828,227 @@ fn an_upload_busy_for_long_is_reported_busy() {
         waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(30),
         "{waited:?}"
     );
+}
+
+/// A relay to `srv` that cuts its `nth` connection (0: the first) once 1 MiB has come from
+/// the server, as a network failure would.
+fn cut_a_mib_down(srv: &Server, nth: usize) -> SlowProxy {
+    let cut = Cut {
+        nth,
+        down: true,
+        after: 1 << 20,
+    };
+    SlowProxy::start_cutting(srv.addr, 256 * 1024, Some(cut))
+}
+
+/// The entry of `remote` in a transfer report.
+fn entry_of<'a>(report: &'a serde_json::Value, remote: &str) -> &'a serde_json::Value {
+    report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["remote"] == remote)
+        .unwrap_or_else(|| panic!("{remote} in {report}"))
+}
+
+/// The connection fails in the middle of a download of several files: the report still says
+/// which arrived (verified, under their names) and which were interrupted (their partial
+/// kept), with exit code 3; running the command again resumes the interrupted one.
+#[test]
+fn a_lost_connection_reports_the_downloads_it_finished_and_those_it_interrupted() {
+    let srv = Server::start(&["pia"]);
+    let home = srv.home("pia");
+    let small = bytes(60, 64 * 1024);
+    let large = bytes(61, 4 * 1024 * 1024);
+    write(&home.join("a.bin"), &small);
+    write(&home.join("b.bin"), &large);
+    // After 1 MiB from the server: all of a.bin, some of b.bin.
+    let proxy = cut_a_mib_down(&srv, 0);
+    let dst = tempfile::tempdir().unwrap();
+    let out = run(srv
+        .ferry_at(&proxy.addr.to_string(), "pia")
+        .args(["get", "--json", "a.bin", "b.bin"])
+        .arg(dst.path()));
+    let report = report_of(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{report}\n{stderr}");
+    assert_eq!(report["downloaded"], 1, "{report}");
+    assert_eq!(entry_of(&report, "a.bin")["ok"], true, "{report}");
+    let b = entry_of(&report, "b.bin");
+    assert_eq!(b["ok"], false, "{report}");
+    assert_eq!(b["code"], "interrupted", "{report}");
+    assert!(stderr.contains("get b.bin: interrupted"), "{stderr}");
+    assert_eq!(fs::read(dst.path().join("a.bin")).unwrap(), small);
+    assert!(
+        !dst.path().join("b.bin").exists(),
+        "no name before verification"
+    );
+    let held = fs::metadata(dst.path().join("b.bin.ferry-part"))
+        .unwrap()
+        .len();
+    assert!(
+        held > 0 && held < large.len() as u64,
+        "partial of {held} bytes"
+    );
+
+    let again = json(
+        srv.ferry("pia")
+            .args(["get", "--json", "b.bin"])
+            .arg(dst.path()),
+    );
+    assert_eq!(again["downloaded"], 1, "{again}");
+    assert!(
+        entry_of(&again, "b.bin")["resumed_from"].as_u64().unwrap() > 0,
+        "{again}"
+    );
+    assert_eq!(fs::read(dst.path().join("b.bin")).unwrap(), large);
+}
+
+/// The same for uploads: the files the server stored before the connection failed are
+/// reported done, the one it cut short is reported interrupted and resumes next time.
+#[test]
+fn a_lost_connection_reports_the_uploads_it_finished_and_those_it_interrupted() {
+    let srv = Server::start(&["quin"]);
+    let local = tempfile::tempdir().unwrap();
+    let small = bytes(62, 10 * 1024);
+    let large = bytes(63, 6 * 1024 * 1024);
+    write(&local.path().join("a.bin"), &small);
+    write(&local.path().join("b.bin"), &large);
+    // About 3 MB/s up, cut after 2 MiB: a.bin's reply is back long before.
+    let cut = Cut {
+        nth: 0,
+        down: false,
+        after: 2 << 20,
+    };
+    let proxy = SlowProxy::start_cutting(srv.addr, 32 * 1024, Some(cut));
+    let out = run(srv
+        .ferry_at(&proxy.addr.to_string(), "quin")
+        .args(["put", "--json"])
+        .arg(local.path().join("a.bin"))
+        .arg(local.path().join("b.bin"))
+        .arg("/"));
+    let report = report_of(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{report}\n{stderr}");
+    assert_eq!(report["uploaded"], 1, "{report}");
+    assert_eq!(entry_of(&report, "/a.bin")["ok"], true, "{report}");
+    let b = entry_of(&report, "/b.bin");
+    assert_eq!(b["code"], "interrupted", "{report}");
+    assert!(stderr.contains("b.bin: interrupted"), "{stderr}");
+    assert_eq!(fs::read(srv.home("quin").join("a.bin")).unwrap(), small);
+    assert!(!srv.home("quin").join("b.bin").exists());
+
+    let again = json(
+        srv.ferry("quin")
+            .args(["put", "--json"])
+            .arg(local.path().join("b.bin"))
+            .arg("/"),
+    );
+    assert_eq!(again["uploaded"], 1, "{again}");
+    assert!(
+        entry_of(&again, "/b.bin")["resumed_from"].as_u64().unwrap() > 0,
+        "{again}"
+    );
+    assert_eq!(fs::read(srv.home("quin").join("b.bin")).unwrap(), large);
+}
+
+/// With several connections, one failing takes only its own unfinished files with it: the
+/// other connection's files, and those it finished before, are reported done.
+#[test]
+fn a_lost_connection_of_several_interrupts_only_its_own_files() {
+    let srv = Server::start(&["rosa"]);
+    let home = srv.home("rosa");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.bin", bytes(64, 64 * 1024)),
+        ("b.bin", bytes(65, 64 * 1024)),
+        ("c.bin", bytes(66, 4 * 1024 * 1024)),
+        ("d.bin", bytes(67, 4 * 1024 * 1024)),
+    ];
+    for (name, data) in &files {
+        write(&home.join(name), data);
+    }
+    // Shared out by bytes: a and c on the first connection, b and d on the second, which
+    // is cut 1 MiB in (all of b, part of d).
+    let proxy = cut_a_mib_down(&srv, 1);
+    let dst = tempfile::tempdir().unwrap();
+    let out = run(srv
+        .ferry_at(&proxy.addr.to_string(), "rosa")
+        .args(["get", "--json", "-j", "2"])
+        .args(files.iter().map(|(n, _)| n))
+        .arg(dst.path()));
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    assert_eq!(report["downloaded"], 3, "{report}");
+    let remotes: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["remote"].as_str().unwrap())
+        .collect();
+    assert_eq!(remotes, ["a.bin", "b.bin", "c.bin", "d.bin"], "in order");
+    assert_eq!(
+        entry_of(&report, "d.bin")["code"],
+        "interrupted",
+        "{report}"
+    );
+    for (name, data) in &files[..3] {
+        assert_eq!(&fs::read(dst.path().join(name)).unwrap(), data, "{name}");
+    }
+    assert!(dst.path().join("d.bin.ferry-part").exists());
+}
+
+/// A tree download whose connection fails between listing pages: the files done are
+/// reported, the one cut short and the directory whose listing could not go on are reported
+/// interrupted, and the command ends instead of listing on a dead connection.
+#[test]
+fn a_lost_connection_ends_a_tree_download_with_the_unlisted_rest_reported() {
+    let srv = Server::start(&["sami"]);
+    let home = srv.home("sami");
+    let first = bytes(68, 3000);
+    write(&home.join("tree/a.bin"), &first);
+    write(&home.join("tree/b.bin"), &bytes(69, 4 * 1024 * 1024));
+    write(&home.join("tree/c.bin"), &bytes(70, 3000));
+    let proxy = cut_a_mib_down(&srv, 0);
+    let dst = tempfile::tempdir().unwrap();
+    // One name per listing page: b.bin's download goes with the request for the page
+    // that would list c.bin.
+    let out = run(srv
+        .ferry_at(&proxy.addr.to_string(), "sami")
+        .env("FERRY_LS_PAGE", "1")
+        .args(["get", "-r", "--json", "tree"])
+        .arg(dst.path()));
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    assert_eq!(report["downloaded"], 1, "{report}");
+    assert_eq!(entry_of(&report, "tree/a.bin")["ok"], true, "{report}");
+    assert_eq!(entry_of(&report, "tree/b.bin")["code"], "interrupted");
+    assert_eq!(entry_of(&report, "tree")["code"], "interrupted", "{report}");
+    assert_eq!(report["files"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(fs::read(dst.path().join("tree/a.bin")).unwrap(), first);
+    assert!(!dst.path().join("tree/c.bin").exists());
+}
+
+/// In the shell, a transfer whose connection fails reports what it interrupted, and the
+/// shell then ends (exit 3) instead of failing at every later command.
+#[test]
+fn the_shell_leaves_once_its_connection_fails() {
+    let srv = Server::start(&["tove"]);
+    let large = bytes(71, 4 * 1024 * 1024);
+    write(&srv.home("tove").join("b.bin"), &large);
+    let proxy = cut_a_mib_down(&srv, 0);
+    let work = tempfile::tempdir().unwrap();
+    let out = run_shell(
+        &mut srv.ferry_at(&proxy.addr.to_string(), "tove"),
+        work.path(),
+        "get b.bin\nmkdir after\nls\nquit",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("get b.bin: interrupted"), "{stderr}");
+    assert!(
+        stderr.trim_end().ends_with("leaving the shell"),
+        "nothing after: {stderr}"
+    );
+    assert!(!srv.home("tove").join("after").exists());
+    assert!(work.path().join("b.bin.ferry-part").exists());
 }

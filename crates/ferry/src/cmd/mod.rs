@@ -63,7 +63,10 @@ pub fn exit_code_for_client(err: &ferry_client::ClientError) -> u8 {
     match err {
         ClientError::Remote(w) => exit_code_for_wire(w.code),
         ClientError::ChecksumMismatch { .. } => exit::VERIFY,
-        ClientError::Io { .. } | ClientError::Closed | ClientError::Proto(_) => exit::NETWORK,
+        ClientError::Io { .. }
+        | ClientError::Closed
+        | ClientError::Proto(_)
+        | ClientError::Interrupted(_) => exit::NETWORK,
         ClientError::Tls(_) | ClientError::CertificateChanged(_) => exit::TLS,
         ClientError::Unexpected(_) | ClientError::Local(_) => exit::FAILURE,
     }

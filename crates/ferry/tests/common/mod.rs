@@ -231,8 +231,22 @@ pub struct SlowProxy {
     stop: Arc<AtomicBool>,
 }
 
+/// Where a [`SlowProxy`] cuts one connection, as a network failure would: its `nth` (0 is
+/// the first it accepts), once `after` bytes have gone `down` (server to client) or up. The
+/// relay forwards exactly that many, then shuts both sockets.
+#[derive(Debug, Clone, Copy)]
+pub struct Cut {
+    pub nth: usize,
+    pub down: bool,
+    pub after: u64,
+}
+
 impl SlowProxy {
     pub fn start(target: SocketAddr, rate: usize) -> SlowProxy {
+        SlowProxy::start_cutting(target, rate, None)
+    }
+
+    pub fn start_cutting(target: SocketAddr, rate: usize, cut: Option<Cut>) -> SlowProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -243,28 +257,39 @@ impl SlowProxy {
         let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rec2 = recorded.clone();
         thread::spawn(move || {
+            let mut accepted = 0;
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
+                        let nth = accepted;
+                        accepted += 1;
                         client.set_nonblocking(false).unwrap();
                         let server = TcpStream::connect(target).unwrap();
-                        for (mut from, mut to, count) in [
+                        for (mut from, mut to, count, down) in [
                             (
                                 client.try_clone().unwrap(),
                                 server.try_clone().unwrap(),
                                 Some((up2.clone(), rec2.clone())),
+                                false,
                             ),
-                            (server, client, None),
+                            (server, client, None, true),
                         ] {
                             let stop3 = stop2.clone();
+                            let mut left = cut
+                                .filter(|c| c.nth == nth && c.down == down)
+                                .map(|c| c.after);
                             thread::spawn(move || {
                                 let mut buf = vec![0u8; rate];
-                                while !stop3.load(Ordering::Relaxed) {
-                                    match from.read(&mut buf) {
+                                while !stop3.load(Ordering::Relaxed) && left != Some(0) {
+                                    let want = left.map_or(rate, |l| rate.min(l as usize));
+                                    match from.read(&mut buf[..want]) {
                                         Ok(0) | Err(_) => break,
                                         Ok(n) => {
                                             if to.write_all(&buf[..n]).is_err() {
                                                 break;
+                                            }
+                                            if let Some(l) = left.as_mut() {
+                                                *l -= n as u64;
                                             }
                                             if let Some((c, rec)) = &count {
                                                 c.fetch_add(n as u64, Ordering::Relaxed);

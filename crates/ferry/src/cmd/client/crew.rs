@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::num::NonZeroUsize;
 
-use ferry_client::{Client, ClientError};
+use ferry_client::{Client, ClientError, Transferred};
 
 use super::{Relogin, Remote};
 
@@ -105,21 +105,26 @@ impl Crew {
 
     /// Runs a round of transfers of `items` (of `sizes` bytes) shared out: `own` runs the
     /// first share on the command's own connection (in this task), `member` each other share
-    /// on a crew member in a task of its own. Returns the results in item order, and what
-    /// `own` returned besides. With no crew, or fewer than two items, `own` runs them all.
+    /// on a crew member in a task of its own. Returns the results in item order, whether the
+    /// own connection failed, and what `own` returned besides. With no crew, or fewer than
+    /// two items, `own` runs them all.
+    ///
+    /// A member whose connection fails leaves the crew; the items it left unfinished are
+    /// reported interrupted (what of them arrived is kept for a resume) and the other shares
+    /// go on. A later round opens a connection in its place.
     pub async fn share<I, R, X, F, Fut, Own>(
         &mut self,
         items: &[I],
         sizes: &[u64],
         member: F,
         own: Own,
-    ) -> Result<(Vec<R>, X), ClientError>
+    ) -> (Transferred<R>, X)
     where
         I: Clone,
         R: Send + 'static,
         F: Fn(Client, Vec<I>) -> Fut,
         Fut: Future<Output = Shift<R>> + Send + 'static,
-        Own: AsyncFnOnce(&[I]) -> Result<(Vec<R>, X), ClientError>,
+        Own: AsyncFnOnce(&[I]) -> (Transferred<R>, X),
     {
         self.man(items.len()).await;
         if self.members.is_empty() || items.len() < 2 {
@@ -131,15 +136,24 @@ impl Crew {
         let (first, others) = shares.split_first().expect("two or more shares");
         let running = self.spawn(others, items, member);
         let mine: Vec<I> = first.iter().map(|&i| items[i].clone()).collect();
-        let main = own(&mine).await;
-        // Gathered even if the own share failed: no task is left running.
-        let gathered = self.gather(running).await;
-        let (own_results, besides) = main?;
-        let mut parts = vec![own_results];
-        for part in gathered {
-            parts.push(part?);
+        let (main, besides) = own(&mine).await;
+        // Gathered even if the own connection failed: no task is left running.
+        let mut parts = vec![main.results];
+        for (share, got) in others.iter().zip(self.gather(running).await) {
+            parts.push(match got {
+                Ok(results) => results,
+                Err(e) => share
+                    .iter()
+                    .map(|_| Err(ClientError::interrupted(&e)))
+                    .collect(),
+            });
         }
-        Ok((merge(&shares, parts), besides))
+        let results = merge(&shares, parts);
+        let done = Transferred {
+            results,
+            broken: main.broken,
+        };
+        (done, besides)
     }
 
     /// Runs `work` on `shares[k]` of `items` with the k-th member, each in a task of its
@@ -164,17 +178,20 @@ impl Crew {
         Running { tasks }
     }
 
-    /// The results of each share [`Crew::spawn`] started, in its order; the members whose
-    /// connection is still usable rejoin the crew.
-    async fn gather<R>(&mut self, running: Running<R>) -> Vec<Result<Vec<R>, ClientError>> {
+    /// The results of each share [`Crew::spawn`] started, in its order (`Err`: its task
+    /// died, and why); the members whose connection is still usable rejoin the crew.
+    async fn gather<R>(
+        &mut self,
+        running: Running<R>,
+    ) -> Vec<Result<Vec<Result<R, ClientError>>, ClientError>> {
         let mut out = Vec::with_capacity(running.tasks.len());
         for task in running.tasks {
             match task.await {
-                Ok((client, result)) => {
-                    if result.is_ok() {
+                Ok((client, done)) => {
+                    if done.broken.is_none() {
                         self.members.push(client);
                     }
-                    out.push(result);
+                    out.push(Ok(done.results));
                 }
                 Err(e) => out.push(Err(ClientError::Local(format!(
                     "a transfer connection's task failed: {e}"
@@ -193,7 +210,7 @@ impl Crew {
 }
 
 /// What a member's task gives back: the member, and its share's results.
-type Shift<R> = (Client, Result<Vec<R>, ClientError>);
+type Shift<R> = (Client, Transferred<R>);
 
 /// Shares running on crew members.
 #[must_use = "gather the results"]

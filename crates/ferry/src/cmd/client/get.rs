@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ferry_client::{Client, ClientError, GetItem, GetOptions, LS_PAGE, PARTIAL_META_SUFFIX};
+use ferry_client::{
+    Client, ClientError, GetItem, GetOptions, LS_PAGE, PARTIAL_META_SUFFIX, Transferred,
+};
 use ferry_proto::{EntryKind, HashAlgo, Reply, Request};
 
 use super::crew::{self, Crew};
@@ -363,9 +365,11 @@ pub async fn get_paths(
     let (mut files, mut bytes) = (0u64, 0u64);
     while !pending.is_empty() || !open.is_empty() {
         let pages = open.iter().map(Listing::next_page).collect();
-        let (results, listed) =
-            get_shared(client, crew, &pending, &pending_sizes, pages, opts, &bars).await?;
-        for (item, res) in pending.iter().zip(results) {
+        // Should the command's own connection fail, every listing still open is reported
+        // interrupted with its page, and the loop ends.
+        let (got, listed) =
+            get_shared(client, crew, &pending, &pending_sizes, pages, opts, &bars).await;
+        for (item, res) in pending.iter().zip(got.results) {
             match res {
                 Ok(done) => {
                     files += 1;
@@ -460,13 +464,10 @@ async fn get_shared(
     then: Vec<Request>,
     opts: &GetOptions,
     bars: &std::sync::Arc<Bars>,
-) -> Result<
-    (
-        Vec<Result<ferry_client::GetOutcome, ClientError>>,
-        Vec<Result<Reply, ClientError>>,
-    ),
-    ClientError,
-> {
+) -> (
+    Transferred<ferry_client::GetOutcome>,
+    Vec<Result<Reply, ClientError>>,
+) {
     let member = |mut member: Client, share: Vec<GetItem>| {
         let (opts, bars) = (opts.clone(), bars.clone());
         async move {

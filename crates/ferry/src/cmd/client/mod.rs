@@ -456,9 +456,13 @@ pub fn remote_basename(path: &str) -> &str {
 
 /// A JSON line for one failed item.
 pub fn error_json(err: &ClientError) -> serde_json::Value {
+    let code = match err {
+        ClientError::Interrupted(_) => "interrupted",
+        e => e.remote_code().map_or("local", |c| c.as_str()),
+    };
     serde_json::json!({
         "ok": false,
-        "code": err.remote_code().map(|c| c.as_str()).unwrap_or("local"),
+        "code": code,
         "message": err.to_string(),
     })
 }

@@ -148,7 +148,7 @@ pub async fn put_paths(
         plan.items.len(),
         total,
     ));
-    let results = put_shared(client, crew, &plan.items, &plan.sizes, opts, &bars).await?;
+    let results = put_shared(client, crew, &plan.items, &plan.sizes, opts, &bars).await;
     bars.finish();
     let (mut files, mut bytes) = (0u64, 0u64);
     for (item, res) in plan.items.iter().zip(results) {
@@ -192,7 +192,7 @@ async fn put_shared(
     sizes: &[u64],
     opts: &PutOptions,
     bars: &std::sync::Arc<Bars>,
-) -> Result<Vec<Result<PutOutcome, ClientError>>, ClientError> {
+) -> Vec<Result<PutOutcome, ClientError>> {
     let member = |mut member: Client, share: Vec<PutItem>| {
         let (opts, bars) = (opts.clone(), bars.clone());
         async move {
@@ -200,8 +200,8 @@ async fn put_shared(
             (member, put)
         }
     };
-    let own = async |mine: &[PutItem]| Ok((client.put_files(mine, opts, &**bars).await?, ()));
-    Ok(crew.share(items, sizes, member, own).await?.0)
+    let own = async |mine: &[PutItem]| (client.put_files(mine, opts, &**bars).await, ());
+    crew.share(items, sizes, member, own).await.0.results
 }
 
 /// What a `put` will do: remote directories to create, then files to send.

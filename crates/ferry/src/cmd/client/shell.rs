@@ -68,7 +68,15 @@ pub fn shell(args: ShellArgs) -> anyhow::Result<ExitCode> {
             let _ = editor.add_history_entry(line.as_str());
             match run_line(&mut client, &words, output).await {
                 Ok(Flow::Quit) => break,
-                Ok(Flow::Continue(code)) => last = code,
+                Ok(Flow::Continue(code)) => {
+                    last = code;
+                    // A transfer reports what the failure of its connection interrupted, file
+                    // by file; the next command could only fail.
+                    if client.is_broken() {
+                        eprintln!("ferry: the connection to the server failed; leaving the shell");
+                        break;
+                    }
+                }
                 Err(e) => {
                     eprintln!("ferry: {e:#}");
                     last = ExitCode::FAILURE;
