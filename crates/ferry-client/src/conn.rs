@@ -353,16 +353,18 @@ impl FrameWriter<'_> {
 
     /// Sends `len` bytes of `file` from `offset` as the body already announced, zero-copy
     /// with sendfile(2) where the kernel allows, falling back to read/write otherwise.
+    /// Returns how many came from the file: fewer than `len` if it shrank meanwhile, the rest
+    /// then sent as zeros ([`FrameWriter::pad_body`]).
     pub(crate) async fn send_file(
         &mut self,
         file: &std::fs::File,
         offset: u64,
         len: u64,
         progress: &dyn crate::Progress,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         self.flush().await?;
         let Some(stream) = self.half.tcp() else {
-            return self.copy_file(file, offset, len, progress).await;
+            return self.copy_file(file, offset, 0, len, progress).await;
         };
         let sock = stream.as_raw_fd();
         let fd = file.as_raw_fd();
@@ -385,11 +387,7 @@ impl FrameWriter<'_> {
                 }
             });
             match res {
-                Ok(0) => {
-                    return Err(ClientError::Local(
-                        "file shrank while it was being sent".into(),
-                    ));
-                }
+                Ok(0) => return self.pad_body(len - remaining, len).await,
                 Ok(n) => {
                     remaining -= n;
                     progress.advance(n);
@@ -399,32 +397,35 @@ impl FrameWriter<'_> {
                     if e.raw_os_error() == Some(libc::EINVAL)
                         || e.raw_os_error() == Some(libc::ENOSYS) =>
                 {
-                    return self.copy_file(file, off as u64, remaining, progress).await;
+                    return self
+                        .copy_file(file, off as u64, len - remaining, len, progress)
+                        .await;
                 }
                 Err(e) => return Err(ClientError::io("sending file", e)),
             }
         }
-        Ok(())
+        Ok(len)
     }
 
+    /// [`FrameWriter::send_file`] through user space, `len` bytes of which `sent` are out.
     async fn copy_file(
         &mut self,
         file: &std::fs::File,
         mut offset: u64,
-        mut remaining: u64,
+        sent: u64,
+        len: u64,
         progress: &dyn crate::Progress,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; IO_CHUNK];
+        let mut remaining = len - sent;
         while remaining > 0 {
             let want = remaining.min(buf.len() as u64) as usize;
             let n = file
                 .read_at(&mut buf[..want], offset)
                 .map_err(|e| ClientError::io("reading local file", e))?;
             if n == 0 {
-                return Err(ClientError::Local(
-                    "file shrank while it was being sent".into(),
-                ));
+                return self.pad_body(len - remaining, len).await;
             }
             self.half
                 .write_all(&buf[..n])
@@ -434,9 +435,23 @@ impl FrameWriter<'_> {
             remaining -= n as u64;
             progress.advance(n as u64);
         }
-        self.half
-            .flush()
-            .await
-            .map_err(|e| ClientError::io("writing to server", e))
+        self.flush().await?;
+        Ok(len)
+    }
+
+    /// Completes a body of `len` bytes, of which `sent` are out, with zeros, and returns
+    /// `sent`. A file that shrank while it was sent cannot end its body early (the server
+    /// reads the announced length, and would take the next request for body bytes); the
+    /// upload is then made to fail its verification instead, and the connection goes on.
+    pub(crate) async fn pad_body(&mut self, sent: u64, len: u64) -> Result<u64> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut left = len - sent;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            self.write_body(&ZEROS[..n]).await?;
+            left -= n as u64;
+        }
+        self.flush().await?;
+        Ok(sent)
     }
 }

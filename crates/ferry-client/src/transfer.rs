@@ -139,8 +139,26 @@ pub fn hash_file(path: &Path, algo: HashAlgo) -> Result<Digest> {
 
 /// What the writer sent for one item, so the reader knows what the next reply is for.
 enum PutSent {
-    Request { index: usize, id: u64, offset: u64 },
-    LocalError { index: usize, error: ClientError },
+    Request {
+        index: usize,
+        id: u64,
+        offset: u64,
+        /// Why what was sent is not the file (see [`Sent::spoiled`]).
+        spoiled: Option<ClientError>,
+    },
+    LocalError {
+        index: usize,
+        error: ClientError,
+    },
+}
+
+/// How one upload went out: from `offset`, and whether the file let it be sent as announced.
+struct Sent {
+    offset: u64,
+    /// The file shrank while its body was sent, or could not be hashed: the body was
+    /// completed with zeros and (after the body) declared with a hash it cannot have, so the
+    /// server refuses it and the connection stays usable. The item fails with this error.
+    spoiled: Option<ClientError>,
 }
 
 /// A large file's identity, worked out before the upload so `resume` can be asked.
@@ -333,8 +351,13 @@ impl Client {
                 )
                 .await
                 {
-                    Ok(offset) => {
-                        let _ = tx.send(PutSent::Request { index, id, offset });
+                    Ok(Sent { offset, spoiled }) => {
+                        let _ = tx.send(PutSent::Request {
+                            index,
+                            id,
+                            offset,
+                            spoiled,
+                        });
                     }
                     Err(error) if error.connection_usable() => {
                         let _ = tx.send(PutSent::LocalError { index, error });
@@ -356,11 +379,23 @@ impl Client {
                             progress.finish_file(&items[index].remote, false);
                             results[index] = Some(Err(Retry::Failed(error)));
                         }
-                        PutSent::Request { index, id, offset } => {
+                        PutSent::Request {
+                            index,
+                            id,
+                            offset,
+                            spoiled,
+                        } => {
                             let reply = reader.read_reply().await?;
                             check_id(&reply, id)?;
                             let prep = prepared[index].as_ref();
                             let outcome = match reply.result {
+                                // Refused as it had to be: say why.
+                                Err(e)
+                                    if e.code == ErrorCode::ChecksumMismatch
+                                        && spoiled.is_some() =>
+                                {
+                                    Err(Retry::Failed(spoiled.expect("checked")))
+                                }
                                 Ok(Reply::Put { path, size, hash }) => {
                                     if let (Some(p), Some(cache)) = (prep, cache.as_mut()) {
                                         // The server's own hash of what it received: keep it
@@ -722,7 +757,7 @@ async fn send_one_put(
     prepared: Option<&Prepared>,
     opts: &PutOptions,
     progress: &dyn Progress,
-) -> Result<u64> {
+) -> Result<Sent> {
     let local = |e| ClientError::io(item.local.display().to_string(), e);
     // Before this item's header is queued, nothing of it is on the wire: a file that went
     // away or cannot be read since it was listed fails alone, and the other files still go.
@@ -749,32 +784,37 @@ async fn send_one_put(
             // body goes out (both read the same, open file); the hash follows the body.
             let hashing = match p.hash {
                 Some(_) => None,
-                None => Some(spawn_hash(file.try_clone().map_err(local)?)),
+                None => Some(spawn_hash(file.try_clone().map_err(local)?, p.size)),
             };
             let body_len = p.size - p.offset;
             let frame = put_header(id, item, p, mtime, opts);
             writer.queue(&frame).await?;
             progress.start_file(&item.remote, p.size, p.offset);
-            writer
+            let sent = writer
                 .send_file(&file, p.offset, body_len, progress)
                 .await?;
+            let mut spoiled = (sent < body_len).then(|| shrank(item, p.offset + sent, p.size));
             if let Some(hashing) = hashing {
-                // The server now waits for this frame: a file we cannot hash after sending it
-                // fails the connection (an I/O error), not just this item.
-                let hash = hashing
+                // The server now waits for this frame, whatever happened to the file.
+                let hashed = hashing
                     .await
-                    .map_err(|_| {
-                        ClientError::io(
-                            item.local.display().to_string(),
-                            std::io::Error::other("the hashing thread died"),
-                        )
-                    })?
-                    .map_err(local)?;
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread died")));
+                let hash = match (hashed, &spoiled) {
+                    (Ok(hash), None) => hash,
+                    (Err(e), None) => {
+                        spoiled = Some(unhashable(item, e));
+                        unmatchable()
+                    }
+                    (_, Some(_)) => unmatchable(),
+                };
                 writer
                     .queue(&RequestFrame::new(id, Request::PutHash { hash }))
                     .await?;
             }
-            Ok(p.offset)
+            Ok(Sent {
+                offset: p.offset,
+                spoiled,
+            })
         }
         Some(_) => Err(ClientError::Local(format!(
             "{}: changed while being uploaded",
@@ -801,9 +841,41 @@ async fn send_one_put(
             progress.start_file(&item.remote, size, 0);
             writer.queue_body(&data).await?;
             progress.advance(size);
-            Ok(0)
+            Ok(Sent {
+                offset: 0,
+                spoiled: None,
+            })
         }
     }
+}
+
+/// Why an upload is refused on purpose: the file shrank to `now` bytes of the `size` its
+/// header announced while it was sent.
+fn shrank(item: &PutItem, now: u64, size: u64) -> ClientError {
+    ClientError::Local(format!(
+        "{}: changed while it was being sent (it shrank to {now} of {size} bytes); not \
+         uploaded, try again",
+        item.local.display()
+    ))
+}
+
+/// Why an upload is refused on purpose: its file could not be hashed after it was sent.
+fn unhashable(item: &PutItem, e: std::io::Error) -> ClientError {
+    let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "changed while it was being sent (it shrank)".to_owned()
+    } else {
+        format!("cannot be hashed: {e}")
+    };
+    ClientError::Local(format!(
+        "{}: {what}; not uploaded, try again",
+        item.local.display()
+    ))
+}
+
+/// The hash declared for an upload whose body is not the file: that of no bytes at all,
+/// which a body of 1 MiB or more cannot have, so the server refuses it.
+fn unmatchable() -> Digest {
+    Digest::of(HashAlgo::Blake3, b"")
 }
 
 /// The `put` header for the body still to send (from `p.offset`), with the hash when it is
@@ -846,7 +918,7 @@ async fn send_body_tls_hashed(
     mtime: Option<i64>,
     opts: &PutOptions,
     progress: &dyn Progress,
-) -> Result<u64> {
+) -> Result<Sent> {
     use std::os::unix::fs::FileExt;
     let local = |e| ClientError::io(item.local.display().to_string(), e);
     let mut hashing = if p.offset == 0 {
@@ -882,10 +954,16 @@ async fn send_body_tls_hashed(
             }
         };
         if n == 0 {
-            return Err(local(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shrank while it was being sent",
-            )));
+            // What the hasher holds is moot now (a worker's thread ends as it is dropped).
+            writer.pad_body(pos - p.offset, end - p.offset).await?;
+            let hash = unmatchable();
+            writer
+                .queue(&RequestFrame::new(id, Request::PutHash { hash }))
+                .await?;
+            return Ok(Sent {
+                offset: p.offset,
+                spoiled: Some(shrank(item, pos, p.size)),
+            });
         }
         writer.write_body(&buf[..n]).await?;
         pos += n as u64;
@@ -905,7 +983,10 @@ async fn send_body_tls_hashed(
     writer
         .queue(&RequestFrame::new(id, Request::PutHash { hash }))
         .await?;
-    Ok(p.offset)
+    Ok(Sent {
+        offset: p.offset,
+        spoiled: None,
+    })
 }
 
 /// Where [`send_body_tls_hashed`] hashes the pieces it sent: here (with the one buffer they
@@ -920,9 +1001,11 @@ enum PieceHasher {
 /// CPU 0.51 s with 256 KiB (and with 128 KiB) against 0.55 s with 1 MiB, wall 0.74 vs 0.76 s.
 const UPLOAD_HASH_READ: usize = 256 * 1024;
 
-/// Hashes (blake3) all of an open file on a thread of its own; the result arrives on the
-/// returned channel. Positioned reads, so the descriptor's offset is left alone.
-fn spawn_hash(file: File) -> tokio::sync::oneshot::Receiver<std::io::Result<Digest>> {
+/// Hashes (blake3) the first `len` bytes of an open file, all that its upload announced (a
+/// file that grows meanwhile is uploaded as those bytes), on a thread of its own; the result
+/// arrives on the returned channel. A file shorter than that by then gives `UnexpectedEof`.
+/// Positioned reads, so the descriptor's offset is left alone.
+fn spawn_hash(file: File, len: u64) -> tokio::sync::oneshot::Receiver<std::io::Result<Digest>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let hash = move || {
         use std::os::unix::fs::FileExt;
@@ -930,8 +1013,12 @@ fn spawn_hash(file: File) -> tokio::sync::oneshot::Receiver<std::io::Result<Dige
         let mut buf = vec![0u8; UPLOAD_HASH_READ];
         let mut pos = 0u64;
         loop {
-            match file.read_at(&mut buf, pos) {
-                Ok(0) => return Ok(hasher.finalize()),
+            let want = (len - pos).min(buf.len() as u64) as usize;
+            if want == 0 {
+                return Ok(hasher.finalize());
+            }
+            match file.read_at(&mut buf[..want], pos) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
                     hasher.update(&buf[..n]);
                     pos += n as u64;
@@ -1547,6 +1634,37 @@ mod tests {
         fs::write(&path, &data).unwrap();
         let mut file = File::open(&path).unwrap();
         (read_small(&mut file, stated).unwrap(), data)
+    }
+
+    /// The upload hash covers exactly the bytes announced: a file that grew since is hashed
+    /// as its first `len` bytes (what sendfile sends), one that shrank is an error.
+    #[test]
+    fn an_upload_is_hashed_over_the_announced_length_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        // Several hash reads' worth, and a length that ends inside one.
+        let data = pattern(3 * UPLOAD_HASH_READ + 1000);
+        fs::write(&path, &data).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let hash = |len: u64| {
+            let file = File::open(&path).unwrap();
+            runtime.block_on(spawn_hash(file, len)).unwrap()
+        };
+        for len in [
+            0,
+            1,
+            UPLOAD_HASH_READ as u64,
+            2 * UPLOAD_HASH_READ as u64 + 17,
+        ] {
+            let expected = Digest::of(HashAlgo::Blake3, &data[..len as usize]);
+            assert_eq!(hash(len).unwrap(), expected, "first {len} bytes");
+        }
+        let whole = Digest::of(HashAlgo::Blake3, &data);
+        assert_eq!(hash(data.len() as u64).unwrap(), whole);
+        let past_the_end = hash(data.len() as u64 + 1).unwrap_err();
+        assert_eq!(past_the_end.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

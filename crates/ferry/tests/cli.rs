@@ -2052,3 +2052,95 @@ fn the_shell_leaves_once_its_connection_fails() {
     assert!(!srv.home("tove").join("after").exists());
     assert!(work.path().join("b.bin.ferry-part").exists());
 }
+
+/// Uploads `big.bin` (8 MiB) and then `z.txt` from `dir` through a relay at ~6 MB/s, and calls
+/// `meanwhile` on big.bin once 2 MiB of it has passed. Returns the command's output.
+fn put_changing(
+    srv: &Server,
+    user: &str,
+    dir: &Path,
+    meanwhile: impl FnOnce(&Path),
+) -> std::process::Output {
+    let proxy = SlowProxy::start(srv.addr, 64 * 1024);
+    let child = srv
+        .ferry_at(&proxy.addr.to_string(), user)
+        .args(["put", "--json"])
+        .arg(dir.join("big.bin"))
+        .arg(dir.join("z.txt"))
+        .arg("/")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(30, "part of the upload to pass", || {
+        proxy.upstream.load(Ordering::Relaxed) > 2 * 1024 * 1024
+    });
+    meanwhile(&dir.join("big.bin"));
+    child.wait_with_output().unwrap()
+}
+
+/// A file that shrinks while it is uploaded (a log rotated, say) fails alone, with a clear
+/// message, and nothing of it appears; the file after it still goes over the same connection
+/// (the body was completed and declared with a hash it cannot have, so the server refused
+/// it). On plain TCP (sendfile) and TLS alike. Run again, it uploads as it is now.
+#[test]
+fn a_file_that_shrinks_while_uploaded_fails_alone() {
+    for (srv, user) in [
+        (Server::start_plain(&["ulla"]), "ulla"),
+        (Server::start(&["ulla"]), "ulla"),
+    ] {
+        let src = tempfile::tempdir().unwrap();
+        write(&src.path().join("big.bin"), &bytes(72, 8 * 1024 * 1024));
+        write(&src.path().join("z.txt"), b"after it");
+        let out = put_changing(&srv, user, src.path(), |big| {
+            let f = fs::OpenOptions::new().write(true).open(big).unwrap();
+            f.set_len(1024 * 1024 + 5).unwrap();
+        });
+        let report = report_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        assert_eq!(report["uploaded"], 1, "{report}");
+        assert_eq!(entry_of(&report, "/z.txt")["ok"], true, "{report}");
+        let big = entry_of(&report, "/big.bin");
+        assert_eq!(big["code"], "local", "{report}");
+        let message = big["message"].as_str().unwrap();
+        assert!(message.contains("shrank"), "{message}");
+        assert_eq!(fs::read(srv.home(user).join("z.txt")).unwrap(), b"after it");
+        assert!(!srv.home(user).join("big.bin").exists());
+
+        let again = json(
+            srv.ferry(user)
+                .args(["put", "--json", "-f"])
+                .arg(src.path().join("big.bin"))
+                .arg("/"),
+        );
+        assert_eq!(again["uploaded"], 1, "{again}");
+        assert_eq!(
+            fs::read(srv.home(user).join("big.bin")).unwrap(),
+            bytes(72, 8 * 1024 * 1024)[..1024 * 1024 + 5]
+        );
+    }
+}
+
+/// A file that grows while it is uploaded (a log appended to) is uploaded as the size it had
+/// when its upload began, verified: not refused for a hash over more than was sent.
+#[test]
+fn a_file_that_grows_while_uploaded_is_sent_as_it_was() {
+    for (srv, user) in [
+        (Server::start_plain(&["vera"]), "vera"),
+        (Server::start(&["vera"]), "vera"),
+    ] {
+        let src = tempfile::tempdir().unwrap();
+        let data = bytes(73, 8 * 1024 * 1024);
+        write(&src.path().join("big.bin"), &data);
+        write(&src.path().join("z.txt"), b"after it");
+        let out = put_changing(&srv, user, src.path(), |big| {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new().append(true).open(big).unwrap();
+            f.write_all(&[7u8; 100_000]).unwrap();
+        });
+        let report = report_of(&out);
+        assert!(out.status.success(), "{report}");
+        assert_eq!(report["uploaded"], 2, "{report}");
+        assert_eq!(fs::read(srv.home(user).join("big.bin")).unwrap(), data);
+    }
+}
