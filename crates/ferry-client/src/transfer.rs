@@ -113,7 +113,7 @@ pub struct GetOutcome {
 #[derive(Debug)]
 pub struct Transferred<T> {
     /// One result per item, in order. The items a failed connection left unfinished carry
-    /// [`ClientError::Interrupted`]; what of them arrived is kept for a resume.
+    /// [`ClientError::Interrupted`]; what of a large one arrived is kept for a resume.
     pub results: Vec<Result<T>>,
     /// Why the connection failed, if it did: the client cannot be used again
     /// ([`Client::is_broken`]).
@@ -425,7 +425,7 @@ impl Client {
                                     }
                                     tracing::warn!(
                                         "{}: the hash kept from an earlier upload did not match; \
-                                     uploading it again",
+                                         uploading it again",
                                         items[index].local.display()
                                     );
                                     Err(Retry::Restart)

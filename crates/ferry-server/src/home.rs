@@ -22,6 +22,14 @@ pub const MAX_PATH: usize = 4096;
 /// Longest accepted path component, in bytes.
 pub const MAX_COMPONENT: usize = 255;
 
+/// Deepest a directory may lie in a home, in path components (`/a` is 1); a file may lie one
+/// deeper. The walks that measure a home's usage enter exactly that far
+/// ([`crate::quota::MAX_WALK_DEPTH`]), with one open handle per level: whatever lay deeper
+/// would not count against the quota (a user could store past it), so nothing ferry does may
+/// put anything deeper (`mkdir`, `put`, and `mv`, which checks the height of a directory it
+/// moves).
+pub const MAX_DIR_DEPTH: usize = 255;
+
 /// A cleaned path relative to the home root: no empty, `.` or `..` components.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct VPath(Vec<String>);
@@ -56,6 +64,25 @@ impl VPath {
         } else {
             PathBuf::from(self.0.join("/"))
         }
+    }
+
+    /// Components below the home's root (0 for the root).
+    pub fn depth(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Refuses `self` as the path of a new directory (`dir`) or file that would lie deeper
+    /// than [`MAX_DIR_DEPTH`] (a file: one more).
+    pub fn may_create(&self, dir: bool) -> Result<(), WireError> {
+        let max = if dir {
+            MAX_DIR_DEPTH
+        } else {
+            MAX_DIR_DEPTH + 1
+        };
+        if self.depth() > max {
+            return Err(too_deep(self));
+        }
+        Ok(())
     }
 
     /// The last component (`None` for the root).
@@ -118,6 +145,17 @@ impl VPath {
         }
         Ok(out)
     }
+}
+
+/// Why `path` may not be made (or moved to where it would be).
+pub fn too_deep(path: &VPath) -> WireError {
+    WireError::new(
+        ErrorCode::InvalidPath,
+        format!(
+            "{}: directories may lie at most {MAX_DIR_DEPTH} levels deep",
+            path.display()
+        ),
+    )
 }
 
 /// A user's home, opened once per session.

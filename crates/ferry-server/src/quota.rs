@@ -39,12 +39,17 @@ pub enum QuotaError {
 #[derive(Debug, Default)]
 pub struct UserUsage {
     usage: Mutex<Usage>,
+    /// Keeps the home's tree within the depth its usage walks see: held shared while `mkdir`
+    /// makes directories, alone while `mv` checks how tall a directory is and moves it, so
+    /// that no directory grows under the check (see [`crate::home::MAX_DIR_DEPTH`]).
+    pub shape: std::sync::RwLock<()>,
 }
 
 impl UserUsage {
     pub fn new(initial: Usage) -> Self {
         UserUsage {
             usage: Mutex::new(initial),
+            shape: std::sync::RwLock::new(()),
         }
     }
 
@@ -168,10 +173,11 @@ impl QuotaBook {
     }
 }
 
-/// Deepest directory level the walkers descend to. Walks are iterative (no recursion to
-/// overflow a stack) and fd-relative (no path to outgrow PATH_MAX), holding one open handle
+/// Directory levels the walkers list (the top one included): every directory as deep as
+/// ferry lets one be made ([`crate::home::MAX_DIR_DEPTH`]). Walks are iterative (no recursion
+/// to overflow a stack) and fd-relative (no path to outgrow PATH_MAX), holding one open handle
 /// per level, so this also bounds the file descriptors one walk uses.
-pub const MAX_WALK_DEPTH: usize = 256;
+pub const MAX_WALK_DEPTH: usize = crate::home::MAX_DIR_DEPTH + 1;
 
 /// What [`walk_dir`] found.
 #[derive(Debug, Default)]
@@ -200,6 +206,63 @@ fn changed_under_us(e: &io::Error) -> bool {
 pub fn walk_dir(dir: &cap_std::fs::Dir, count_files: bool, inodes: bool) -> io::Result<Walk> {
     use cap_std::fs::MetadataExt as _;
     let mut out = Walk::default();
+    walk(dir, |entry, depth, is_dir| {
+        if is_dir {
+            // A directory at `depth` is listed with `depth + 1` handles open.
+            if depth >= MAX_WALK_DEPTH {
+                out.too_deep = true;
+                return Ok(Step::Skip);
+            }
+            return Ok(Step::Into);
+        }
+        let m = match entry.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(Step::Skip),
+            Err(e) if changed_under_us(&e) => return Ok(Step::Skip),
+            Err(e) => return Err(e),
+        };
+        out.usage.bytes += m.len();
+        if count_files {
+            out.usage.files += 1;
+        }
+        if inodes && m.nlink() == 1 {
+            out.inodes.push(m.ino());
+        }
+        Ok(Step::Skip)
+    })?;
+    Ok(out)
+}
+
+/// Whether some directory lies more than `levels` below `dir` (its entries are one below),
+/// listing no deeper than needed to tell. The handles held are at most `levels + 1`.
+pub fn dirs_deeper_than(dir: &cap_std::fs::Dir, levels: usize) -> io::Result<bool> {
+    walk(dir, |_, depth, is_dir| {
+        Ok(match is_dir {
+            true if depth > levels => Step::Stop,
+            true => Step::Into,
+            false => Step::Skip,
+        })
+    })
+}
+
+/// What [`walk`] does after an entry.
+enum Step {
+    /// Enter it (a directory).
+    Into,
+    /// Go on with the next entry.
+    Skip,
+    /// End the walk.
+    Stop,
+}
+
+/// Calls `visit(entry, depth, is_dir)` for everything below `dir` (its own entries at depth
+/// 1), depth first, entering the directories it answers [`Step::Into`] for: iteratively, with
+/// one open handle per level, never following a symlink. A directory changed under the walk
+/// is skipped. Returns whether `visit` stopped it.
+fn walk(
+    dir: &cap_std::fs::Dir,
+    mut visit: impl FnMut(&cap_std::fs::DirEntry, usize, bool) -> io::Result<Step>,
+) -> io::Result<bool> {
     let mut stack = vec![dir.entries()?];
     while let Some(top) = stack.last_mut() {
         let Some(entry) = top.next() else {
@@ -208,33 +271,20 @@ pub fn walk_dir(dir: &cap_std::fs::Dir, count_files: bool, inodes: bool) -> io::
         };
         let entry = entry?;
         let ft = entry.file_type()?;
-        if ft.is_dir() {
-            if stack.len() >= MAX_WALK_DEPTH {
-                out.too_deep = true;
-                continue;
-            }
-            let sub = match entry.open_dir().and_then(|d| d.entries()) {
-                Ok(sub) => sub,
-                Err(e) if changed_under_us(&e) => continue,
+        if !ft.is_dir() && !ft.is_file() {
+            continue;
+        }
+        match visit(&entry, stack.len(), ft.is_dir())? {
+            Step::Stop => return Ok(true),
+            Step::Skip => {}
+            Step::Into => match entry.open_dir().and_then(|d| d.entries()) {
+                Ok(sub) => stack.push(sub),
+                Err(e) if changed_under_us(&e) => {}
                 Err(e) => return Err(e),
-            };
-            stack.push(sub);
-        } else if ft.is_file() {
-            let m = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) if changed_under_us(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            out.usage.bytes += m.len();
-            if count_files {
-                out.usage.files += 1;
-            }
-            if inodes && m.nlink() == 1 {
-                out.inodes.push(m.ino());
-            }
+            },
         }
     }
-    Ok(out)
+    Ok(false)
 }
 
 /// A user's usage from disk: regular files in the home (bytes and count) plus the bytes of

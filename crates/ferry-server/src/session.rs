@@ -339,7 +339,10 @@ impl Session {
                 mtime,
             } => batch::Item::Put {
                 id,
-                target: self.cwd.resolve(&path),
+                target: self
+                    .cwd
+                    .resolve(&path)
+                    .and_then(|t| t.may_create(false).map(|()| t)),
                 args: ops::put::PutArgs {
                     path,
                     size,

@@ -1787,36 +1787,94 @@ async fn password_guessing_fails_and_the_right_password_still_works() {
 // ---------------------------------------------------------------------------------------
 // Deep trees
 
-/// Builds a directory chain about `chains * 2040` levels deep under `/t{chains-1}`: each
-/// `mkdir -p` stays within the 4096-byte path limit, and `mv` nests one chain into the next,
-/// so the depth on disk is not bounded by the path limit.
-async fn deep_tree(c: &mut Client, chains: usize) {
-    let chain = |root: &str| format!("/{root}/{}", vec!["a"; 2040].join("/"));
+/// Builds on disk, as someone with access to the data root could (ferry refuses to make
+/// anything deeper than `MAX_DIR_DEPTH`), a directory chain about `chains * 2040` levels deep
+/// under `/t{chains-1}` of `home`: each chain is made with one relative path within the
+/// 4096-byte limit, then moved to the bottom of the next, so the depth is not bounded by it.
+fn deep_tree(home: &Path, chains: usize) {
+    let dir = cap_std::fs::Dir::open_ambient_dir(home, cap_std::ambient_authority()).unwrap();
+    let chain = |root: &str| format!("{root}/{}", vec!["a"; 2040].join("/"));
     for i in 0..chains {
         let dst = chain(&format!("t{i}"));
-        c.call(Request::Mkdir {
-            path: dst.clone(),
-            parents: true,
-        })
-        .await
-        .unwrap();
+        dir.create_dir_all(&dst).unwrap();
         if i > 0 {
-            c.call(Request::Mv {
-                from: format!("/t{}", i - 1),
-                to: format!("{dst}/x"),
-                overwrite: false,
-            })
-            .await
-            .unwrap();
+            dir.rename(format!("t{}", i - 1), &dir, format!("{dst}/x"))
+                .unwrap();
         }
     }
+}
+
+/// `/d/d/…/d`, `levels` deep.
+fn chain_of(levels: usize) -> String {
+    format!("/{}", vec!["d"; levels].join("/"))
+}
+
+/// What a user can make stays within the depth the usage walks reach, so that everything
+/// stored counts against the quota when a home is measured afresh (after a restart, or a
+/// login after a pause): no `mkdir` deeper than 255 levels, no file deeper than 256, no `mv`
+/// that would carry a directory's contents past that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_can_be_made_deeper_than_the_usage_walks_reach() {
+    let srv = TestServer::start().await;
+    add_user(&srv.data_root(), "dora", "dora-pw", 10_000, 100);
+    let mut c = srv.login("dora").await;
+    let deepest = chain_of(255);
+    let mkdir = |path: String| Request::Mkdir {
+        path,
+        parents: true,
+    };
+    c.call(mkdir(deepest.clone())).await.unwrap();
+    let e = c
+        .expect_err(mkdir(format!("{deepest}/d")), ErrorCode::InvalidPath)
+        .await;
+    assert!(e.message.contains("at most 255 levels"), "{e}");
+    // A file may lie one level deeper, and counts.
+    c.put(&format!("{deepest}/f"), &data(80, 6000))
+        .await
+        .unwrap();
+    let e = c.put(&format!("{deepest}/d/f"), b"x").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPath, "{e}");
+    // A directory two levels tall fits under 253 levels, not under 254.
+    c.call(mkdir("/x/y".into())).await.unwrap();
+    let mv = |from: &str, to: String| Request::Mv {
+        from: from.into(),
+        to,
+        overwrite: false,
+    };
+    let e = c
+        .expect_err(
+            mv("/x", format!("{}/x", chain_of(254))),
+            ErrorCode::InvalidPath,
+        )
+        .await;
+    assert!(
+        e.message.contains("/x has directories 1 level(s) below it"),
+        "{e}"
+    );
+    assert!(srv.home("dora").join("x/y").is_dir(), "left where it was");
+    c.call(mv("/x", format!("{}/x", chain_of(253))))
+        .await
+        .unwrap();
+    // Nor may a file be moved deeper than a file may lie.
+    c.put("/g", b"g").await.unwrap();
+    c.expect_err(mv("/g", format!("{deepest}/d/g")), ErrorCode::InvalidPath)
+        .await;
+    c.call(mv("/g", format!("{deepest}/g"))).await.unwrap();
+    c.call(Request::Quit).await.unwrap();
+    // Measured afresh by a new server: the bytes at the bottom count.
+    let srv = srv.restart_with(|_| {}).await;
+    let mut c = srv.login("dora").await;
+    let e = c.put("/more", &data(81, 5000)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::QuotaExceeded, "{e}");
+    c.put("/more", &data(81, 3000)).await.unwrap();
+    srv.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_recursive_of_a_very_deep_tree_does_not_crash_the_server() {
     let mut a = Arena::start().await;
     let mut c = a.alice().await;
-    deep_tree(&mut c, 4).await;
+    deep_tree(&a.alice_home(), 4);
     // Done or refused cleanly; either way the server is still there.
     match c
         .call(Request::Rm {
@@ -1842,8 +1900,8 @@ async fn rm_recursive_of_a_very_deep_tree_does_not_crash_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_very_deep_home_does_not_stop_login_or_crash_the_server() {
     let mut a = Arena::start_with(|c| c.remeasure_after = Duration::ZERO).await;
+    deep_tree(&a.alice_home(), 4);
     let mut c = a.alice().await;
-    deep_tree(&mut c, 4).await;
     c.call(Request::Quit).await.unwrap();
     c.expect_closed().await;
     drop(c);

@@ -9,9 +9,14 @@ use crate::session::Session;
 
 pub async fn run(s: &Session, path: &str, parents: bool) -> Result<Reply, OpError> {
     let target = s.cwd.resolve(path)?;
-    let home = Arc::clone(&s.user()?.home);
+    target.may_create(true)?;
+    let user = s.user()?;
+    let home = Arc::clone(&user.home);
+    let usage = Arc::clone(&user.usage);
     let t = target.clone();
     blocking(move || {
+        // No `mv` may be checking the height of a directory this one goes into.
+        let _shape = usage.shape.read().unwrap_or_else(|e| e.into_inner());
         if t.is_root() {
             return if parents {
                 Ok(())

@@ -7,7 +7,8 @@ use cap_std::fs::MetadataExt;
 use ferry_proto::{ErrorCode, Reply};
 
 use super::{OpError, blocking};
-use crate::home::rename_at;
+use crate::home::{MAX_DIR_DEPTH, rename_at};
+use crate::quota::dirs_deeper_than;
 use crate::session::Session;
 
 pub async fn run(s: &Session, from: &str, to: &str, overwrite: bool) -> Result<Reply, OpError> {
@@ -48,14 +49,41 @@ pub async fn run(s: &Session, from: &str, to: &str, overwrite: bool) -> Result<R
             .dir()
             .open_dir(src_parent.rel())
             .map_err(|e| OpError::io(&src_parent, e))?;
+        let name_a = a.name().expect("not root");
+        let name_b = b.name().expect("not root");
+        let moved = sdir
+            .symlink_metadata(name_a)
+            .map_err(|e| OpError::io(&a, e))?;
+        // Nothing may end up deeper than the usage walks see (home::MAX_DIR_DEPTH): a
+        // directory moved deeper is checked for how tall it is, with every `mkdir` of this
+        // user held off until it has moved.
+        let _shape;
+        if moved.is_dir() {
+            b.may_create(true)?;
+            _shape = usage.shape.write().unwrap_or_else(|e| e.into_inner());
+            if b.depth() > a.depth() {
+                let room = MAX_DIR_DEPTH - b.depth();
+                let tree = sdir.open_dir(name_a).map_err(|e| OpError::io(&a, e))?;
+                if dirs_deeper_than(&tree, room).map_err(|e| OpError::io(&a, e))? {
+                    return Err(OpError::new(
+                        ErrorCode::InvalidPath,
+                        format!(
+                            "{}: directories may lie at most {MAX_DIR_DEPTH} levels deep, and \
+                             {} has directories {} level(s) below it",
+                            b.display(),
+                            a.display(),
+                            room + 1
+                        ),
+                    ));
+                }
+            }
+        } else {
+            b.may_create(false)?;
+        }
         let ddir = home
             .dir()
             .open_dir(dst_parent.rel())
             .map_err(|e| OpError::io(&dst_parent, e))?;
-        let name_a = a.name().expect("not root");
-        let name_b = b.name().expect("not root");
-        sdir.symlink_metadata(name_a)
-            .map_err(|e| OpError::io(&a, e))?;
         let replaced = if overwrite {
             ddir.symlink_metadata(name_b).ok().filter(|m| m.is_file())
         } else {

@@ -94,6 +94,7 @@ pub async fn run(
 
 async fn prepare(s: &Session, a: &PutArgs) -> Result<Prepared, OpError> {
     let target = s.cwd.resolve(&a.path)?;
+    target.may_create(false)?;
     if target.is_root() {
         return Err(OpError::new(ErrorCode::IsADirectory, "/: is a directory"));
     }
