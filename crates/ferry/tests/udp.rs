@@ -1,6 +1,6 @@
 //! End-to-end tests of `ferry udp serve|send|ping` with the real binary on loopback.
 //!
-//! Every server binds port 0 and the test reads the address from the `listening on udp ADDR`
+//! Every server binds port 0 and the test reads the address from the `ferry udp listening on ADDR`
 //! line; every wait is bounded; children are killed on drop. The lossy-path tests put a relay
 //! between `ferry udp ping` and the server that drops, duplicates, holds back or delays chosen
 //! probes by sequence number (read at the offsets `docs/UDP.md` documents), then check that
@@ -68,7 +68,7 @@ impl Server {
             .expect("server printed no address line in time");
         let addr = line
             .trim_end()
-            .strip_prefix("listening on udp ")
+            .strip_prefix("ferry udp listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .expect("address in the listening line");

@@ -2,7 +2,7 @@
 //! echo service. Argument parsing and printing only; the work is in `ferry_udp`, and
 //! `docs/UDP.md` documents the probe format and the statistics.
 //!
-//! Output contract (tests rely on it): `serve` prints `listening on udp ADDR` on stdout once
+//! Output contract (tests rely on it): `serve` prints `ferry udp listening on ADDR` on stdout once
 //! bound; `send` prints each reply followed by a newline on stdout; `ping` prints replies and
 //! the summary (or one JSON object with `--json`) on stdout, notices about ignored datagrams
 //! on stderr. No reply at all exits with code 3 ("network").
@@ -103,7 +103,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let socket = ferry_udp::bind(addr).with_context(|| format!("binding udp {addr}"))?;
         let local = socket.local_addr()?;
         // The server keeps serving even if nobody reads stdout, hence no `?`.
-        let _ = writeln!(io::stdout(), "listening on udp {local}");
+        let _ = writeln!(io::stdout(), "ferry udp listening on {local}");
         tracing::info!(%local, upper = args.upper, "udp echo server listening");
         let config = ServerConfig { upper: args.upper };
         let stats = ferry_udp::server::run(socket, config, shutdown).await?;
