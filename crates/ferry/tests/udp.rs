@@ -1,7 +1,7 @@
 //! End-to-end tests of `ferry udp serve|send|ping` with the real binary on loopback.
 //!
-//! Every server binds port 0 and the test reads the address from the `ferry udp listening on ADDR`
-//! line; every wait is bounded; children are killed on drop. The lossy-path tests put a relay
+//! Every server binds port 0 and the test reads the address from the `ferry udp listening on
+//! ADDR` line; every wait is bounded; children are killed on drop. The lossy-path tests put a relay
 //! between `ferry udp ping` and the server that drops, duplicates, holds back or delays chosen
 //! probes by sequence number (read at the offsets `docs/UDP.md` documents), then check that
 //! the ping's JSON summary reports exactly that.

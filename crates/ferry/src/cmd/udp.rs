@@ -2,8 +2,8 @@
 //! echo service. Argument parsing and printing only; the work is in `ferry_udp`, and
 //! `docs/UDP.md` documents the probe format and the statistics.
 //!
-//! Output contract (tests rely on it): `serve` prints `ferry udp listening on ADDR` on stdout once
-//! bound; `send` prints each reply followed by a newline on stdout; `ping` prints replies and
+//! Output contract (tests rely on it): `serve` prints `ferry udp listening on ADDR` on stdout
+//! once bound; `send` prints each reply followed by a newline on stdout; `ping` prints replies and
 //! the summary (or one JSON object with `--json`) on stdout, notices about ignored datagrams
 //! on stderr. No reply at all exits with code 3 ("network").
 
