@@ -15,6 +15,7 @@ use ferry_proto::{ErrorCode, FrameDecoder, FrameEvent, Header, ProtoError, Reply
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::cache;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -490,9 +491,10 @@ impl Conn {
         let fd = file.as_raw_fd();
         let end = offset + len;
         let mut off = offset as libc::off_t;
+        // Sent a window at a time, each in the page cache first (see `cache`).
+        let mut windows = cache::Windows::new(file, offset, end)?;
         while (off as u64) < end {
-            // sendfile moves at most 0x7ffff000 bytes per call.
-            let want = (end - off as u64).min(1 << 30) as usize;
+            let want = (windows.cached_from(off as u64).await? - off as u64) as usize;
             match timeout(self.frame_timeout, stream.writable()).await {
                 Ok(r) => r?,
                 Err(_) => return Err(ConnError::Timeout("sending a file")),
@@ -551,8 +553,9 @@ impl Conn {
     async fn copy_file(&mut self, file: &File, mut off: u64, end: u64) -> Result<(), ConnError> {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; self.io_buffer];
+        let mut windows = cache::Windows::new(file, off, end)?;
         while off < end {
-            let want = ((end - off) as usize).min(buf.len());
+            let want = ((windows.cached_from(off).await? - off) as usize).min(buf.len());
             let n = file.read_at(&mut buf[..want], off)?;
             if n == 0 {
                 return Err(io::Error::new(

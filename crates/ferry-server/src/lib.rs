@@ -6,6 +6,8 @@
 //! - [`server`]: [`run`] — the accept loop, the connection cap (a semaphore answered with a
 //!   `busy` frame), graceful shutdown (`CancellationToken` + `TaskTracker`) and the periodic
 //!   sweep of abandoned partial uploads.
+//! - [`cache`]: keeps disk waits of large download bodies off the async workers (a window not
+//!   in the page cache is read into it on the blocking pool first).
 //! - [`conn`]: one TCP connection's framed IO: read timeouts (idle and per frame), the reply
 //!   buffer, streamed request bodies and zero-copy `sendfile` for download bodies.
 //! - [`splice`]: plain-TCP upload bodies moved socket → pipe → partial with `splice(2)` and
@@ -50,6 +52,7 @@
 //! `renameat2` from a partial into the home, and nothing under `state/` is reachable from a
 //! home through the protocol.
 
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod hashes;
