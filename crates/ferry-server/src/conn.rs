@@ -15,12 +15,13 @@ use ferry_proto::{ErrorCode, FrameDecoder, FrameEvent, Header, ProtoError, Reply
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::cache;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::cache;
 
 /// Read buffer between frames (headers; the decoder reserves more for a long header).
 const SMALL_BUFFER: usize = 8 * 1024;
