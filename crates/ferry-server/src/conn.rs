@@ -113,6 +113,45 @@ fn lent() -> io::Error {
     )
 }
 
+/// Body bytes that must arrive within each frame timeout (or all that is left of the body): a
+/// body has to move, not just trickle. One byte at a time, each just inside the timeout, would
+/// otherwise hold a connection slot (and, for a large upload, a blocking thread) for as long
+/// as the sender liked. 64 KiB per 30 s is 2.2 kB/s, below any link a transfer runs on.
+pub const MIN_BODY_PROGRESS: u64 = 64 * 1024;
+
+/// How far a body has come since it last made [`MIN_BODY_PROGRESS`]: its waits for more end
+/// at [`BodyPace::deadline`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    since: std::time::Instant,
+    moved: u64,
+    patience: Duration,
+}
+
+impl BodyPace {
+    /// A body starting now, allowed `patience` (the frame timeout) for each stretch.
+    pub fn new(patience: Duration) -> Self {
+        BodyPace {
+            since: std::time::Instant::now(),
+            moved: 0,
+            patience,
+        }
+    }
+
+    pub fn deadline(&self) -> std::time::Instant {
+        self.since + self.patience
+    }
+
+    /// `n` more bytes arrived.
+    pub fn moved(&mut self, n: u64) {
+        self.moved += n;
+        if self.moved >= MIN_BODY_PROGRESS {
+            self.since = std::time::Instant::now();
+            self.moved = 0;
+        }
+    }
+}
+
 /// A framed connection.
 #[derive(Debug)]
 pub struct Conn {
@@ -133,6 +172,8 @@ pub struct Conn {
     trailer_due: Option<u64>,
     /// Recycled buffers of the large TLS body being read; gone between bodies.
     body_buffers: Option<std::sync::Arc<BodyBuffers>>,
+    /// The pace of the body being read; gone between bodies.
+    body_pace: Option<BodyPace>,
 }
 
 impl Conn {
@@ -157,6 +198,7 @@ impl Conn {
             put_back: None,
             trailer_due: None,
             body_buffers: None,
+            body_pace: None,
         }
     }
 
@@ -216,6 +258,8 @@ impl Conn {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<Header>, ConnError> {
+        // Whatever body came before is read; the next one starts its own pace.
+        self.body_pace = None;
         if let Some(h) = self.put_back.take() {
             return Ok(Some(h));
         }
@@ -261,27 +305,40 @@ impl Conn {
     }
 
     /// The next piece of the current request's body, or `None` once it is all read. The
-    /// peer must keep sending: each wait is bounded by the frame timeout.
+    /// peer must keep sending, and fast enough: [`MIN_BODY_PROGRESS`] bytes (or the rest of the
+    /// body) within each frame timeout.
     pub async fn next_body_chunk(&mut self) -> Result<Option<Bytes>, ConnError> {
         loop {
             if self.decoder.body_remaining() == 0 {
                 self.body_buffers = None;
+                self.body_pace = None;
                 return Ok(None);
             }
+            let pace = self
+                .body_pace
+                .get_or_insert_with(|| BodyPace::new(self.frame_timeout));
             if let Some(FrameEvent::Body(b)) = self.decoder.decode(&mut self.rbuf)? {
+                pace.moved(b.len() as u64);
                 return Ok(Some(b));
             }
+            let deadline = Instant::from_std(pace.deadline());
             self.flush().await?;
             if matches!(self.stream, Stream::Tls(_))
                 && (self.body_buffers.is_some()
                     || self.decoder.body_remaining() >= self.io_buffer as u64)
             {
-                return match timeout(self.frame_timeout, self.read_tls_body()).await {
-                    Ok(r) => r.map(Some),
+                return match timeout_at(deadline, self.read_tls_body()).await {
+                    Ok(Ok(b)) => {
+                        if let Some(pace) = self.body_pace.as_mut() {
+                            pace.moved(b.len() as u64);
+                        }
+                        Ok(Some(b))
+                    }
+                    Ok(Err(e)) => Err(e),
                     Err(_) => Err(ConnError::Timeout("inside a body")),
                 };
             }
-            match timeout(self.frame_timeout, self.read_more()).await {
+            match timeout_at(deadline, self.read_more()).await {
                 Ok(Ok(0)) => return Err(ProtoError::Truncated("inside a body").into()),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
@@ -293,6 +350,9 @@ impl Conn {
     /// The next request header if it is already buffered; never reads from the socket. Lets
     /// the session gather a run of pipelined requests into one batch.
     pub fn buffered_header(&mut self) -> Result<Option<Header>, ConnError> {
+        if self.decoder.body_remaining() == 0 {
+            self.body_pace = None;
+        }
         if let Some(h) = self.put_back.take() {
             return Ok(Some(h));
         }

@@ -142,19 +142,21 @@ pub fn receive(
         }
     };
     let mut hashed = pos;
+    let mut pace = crate::conn::BodyPace::new(src.patience);
     while r.written < len {
         if src.stop.stopped.load(Ordering::Relaxed) {
             r.source_end = Some(SourceEnd::Stopped);
             break;
         }
         let want = ((len - r.written) as usize).min(cap);
-        let n = match splice_from_socket(src, pipe_w.as_raw_fd(), want) {
+        let n = match splice_from_socket(src, pipe_w.as_raw_fd(), want, pace.deadline()) {
             Ok(n) => n,
             Err(end) => {
                 r.source_end = Some(end);
                 break;
             }
         };
+        pace.moved(n as u64);
         r.from_socket += n as u64;
         if let Err(e) = drain_pipe(&pipe_r, file, pos + r.written, n) {
             r.file_error = Some(e);
@@ -175,9 +177,14 @@ pub fn receive(
     r
 }
 
-/// One `splice` from the socket into the (empty) pipe, waiting for bytes as needed.
-fn splice_from_socket(src: &Source, pipe_w: RawFd, want: usize) -> Result<usize, SourceEnd> {
-    let mut deadline: Option<Instant> = None;
+/// One `splice` from the socket into the (empty) pipe, waiting for bytes until `deadline`
+/// (the body's pace, see `conn::BodyPace`).
+fn splice_from_socket(
+    src: &Source,
+    pipe_w: RawFd,
+    want: usize,
+    deadline: Instant,
+) -> Result<usize, SourceEnd> {
     loop {
         // SAFETY: both fds are open (we own the socket duplicate and the pipe); null offsets
         // are required for sockets and pipes.
@@ -203,7 +210,6 @@ fn splice_from_socket(src: &Source, pipe_w: RawFd, want: usize) -> Result<usize,
             io::ErrorKind::Interrupted => continue,
             _ => return Err(SourceEnd::Io(e)),
         }
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + src.patience);
         wait_readable(src, deadline)?;
     }
 }

@@ -220,3 +220,75 @@ async fn two_hundred_concurrent_clients() {
     assert_eq!(std::fs::read_dir(srv.home("bob")).unwrap().count(), 100);
     srv.stop().await;
 }
+
+/// The header and first KiB of a put of `body` to `path`.
+fn put_start(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    ferry_proto::RequestFrame {
+        id: 9,
+        request: Request::Put {
+            path: path.into(),
+            size: body.len() as u64,
+            hash: Some(blake3(body)),
+            offset: 0,
+            overwrite: false,
+            mtime: None,
+        },
+        body_len: body.len() as u64,
+    }
+    .encode(u32::MAX, &mut buf)
+    .unwrap();
+    buf.extend_from_slice(&body[..1024]);
+    buf.to_vec()
+}
+
+/// A body must move, not trickle: one byte every 100 ms, each well inside the 400 ms frame
+/// timeout, is cut off once a frame timeout passes without 64 KiB (or the rest of the body),
+/// both for a small put (read whole by the connection) and a large one (spliced on a thread
+/// of its own). A slow body that keeps making that much progress goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_only_trickles_is_cut_off() {
+    let srv = TestServer::start_with(|c| {
+        c.frame_timeout = Duration::from_millis(400);
+        c.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    for (path, len) in [("/small", 200_000), ("/large", 1 << 20)] {
+        let body = data(2, len);
+        let mut c = srv.login("alice").await;
+        c.write_raw(&put_start(path, &body)).await;
+        let started = std::time::Instant::now();
+        let drip = tokio::spawn(async move {
+            for b in &body[1024..1024 + 60] {
+                if c.stream.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            c
+        });
+        let mut c = drip.await.unwrap();
+        let (f, _) = c.recv().await;
+        assert_eq!(f.result.unwrap_err().code, ErrorCode::Timeout, "{path}");
+        c.expect_closed().await;
+        // Cut at the frame timeout, not when the drip (6 s) ends.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+        assert!(!srv.home("alice").join(&path[1..]).exists());
+    }
+    // 80 KiB every 300 ms: slow, but each frame timeout brings more than 64 KiB.
+    let body = data(3, 1 << 20);
+    let mut c = srv.login("alice").await;
+    c.write_raw(&put_start("/slow", &body)).await;
+    for piece in body[1024..].chunks(80 * 1024) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.stream.write_all(piece).await.unwrap();
+    }
+    let (f, _) = c.recv().await;
+    assert!(f.result.is_ok(), "{:?}", f.result);
+    assert_eq!(std::fs::read(srv.home("alice").join("slow")).unwrap(), body);
+    srv.stop().await;
+}
