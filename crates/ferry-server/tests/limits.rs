@@ -94,23 +94,7 @@ async fn frame_timeouts_header_and_body() {
     // A body that stalls.
     let mut c = srv.login("alice").await;
     let body = data(1, 100_000);
-    let mut buf = bytes::BytesMut::new();
-    ferry_proto::RequestFrame {
-        id: 9,
-        request: Request::Put {
-            path: "/stall".into(),
-            size: body.len() as u64,
-            hash: Some(blake3(&body)),
-            offset: 0,
-            overwrite: false,
-            mtime: None,
-        },
-        body_len: body.len() as u64,
-    }
-    .encode(u32::MAX, &mut buf)
-    .unwrap();
-    buf.extend_from_slice(&body[..1000]);
-    c.write_raw(&buf).await;
+    c.write_raw(&put_start("/stall", &body)).await;
     let (f, _) = c.recv().await;
     assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::Timeout));
     c.expect_closed().await;
