@@ -1832,11 +1832,12 @@ fn an_upload_busy_for_long_is_reported_busy() {
 
 /// A relay to `srv` that cuts its `nth` connection (0: the first) once 1 MiB has come from
 /// the server, as a network failure would.
-fn cut_a_mib_down(srv: &Server, nth: usize) -> SlowProxy {
+fn cut_a_mib_down(srv: &Server, nth: usize, then_refuse: bool) -> SlowProxy {
     let cut = Cut {
         nth,
         down: true,
         after: 1 << 20,
+        then_refuse,
     };
     SlowProxy::start_cutting(srv.addr, 256 * 1024, Some(cut))
 }
@@ -1863,7 +1864,7 @@ fn a_lost_connection_reports_the_downloads_it_finished_and_those_it_interrupted(
     write(&home.join("a.bin"), &small);
     write(&home.join("b.bin"), &large);
     // After 1 MiB from the server: all of a.bin, some of b.bin.
-    let proxy = cut_a_mib_down(&srv, 0);
+    let proxy = cut_a_mib_down(&srv, 0, false);
     let dst = tempfile::tempdir().unwrap();
     let out = run(srv
         .ferry_at(&proxy.addr.to_string(), "pia")
@@ -1919,6 +1920,7 @@ fn a_lost_connection_reports_the_uploads_it_finished_and_those_it_interrupted() 
         nth: 0,
         down: false,
         after: 2 << 20,
+        then_refuse: false,
     };
     let proxy = SlowProxy::start_cutting(srv.addr, 32 * 1024, Some(cut));
     let out = run(srv
@@ -1953,48 +1955,62 @@ fn a_lost_connection_reports_the_uploads_it_finished_and_those_it_interrupted() 
 }
 
 /// With several connections, one failing takes only its own unfinished files with it: the
-/// other connection's files, and those it finished before, are reported done.
+/// other connection's files, and those it finished before, are done. Its unfinished ones go
+/// once more over a connection opened in its place, resuming what arrived; if none can be
+/// opened, they are reported interrupted (exit 3), their partials kept.
 #[test]
-fn a_lost_connection_of_several_interrupts_only_its_own_files() {
-    let srv = Server::start(&["rosa"]);
-    let home = srv.home("rosa");
-    let files: Vec<(&str, Vec<u8>)> = vec![
-        ("a.bin", bytes(64, 64 * 1024)),
-        ("b.bin", bytes(65, 64 * 1024)),
-        ("c.bin", bytes(66, 4 * 1024 * 1024)),
-        ("d.bin", bytes(67, 4 * 1024 * 1024)),
-    ];
-    for (name, data) in &files {
-        write(&home.join(name), data);
+fn a_lost_connection_of_several_hands_its_files_to_another() {
+    for server_gone in [false, true] {
+        let srv = Server::start(&["rosa"]);
+        let home = srv.home("rosa");
+        let files: Vec<(&str, Vec<u8>)> = vec![
+            ("a.bin", bytes(64, 64 * 1024)),
+            ("b.bin", bytes(65, 64 * 1024)),
+            ("c.bin", bytes(66, 4 * 1024 * 1024)),
+            ("d.bin", bytes(67, 4 * 1024 * 1024)),
+        ];
+        for (name, data) in &files {
+            write(&home.join(name), data);
+        }
+        // Shared out by bytes: a and c on the first connection, b and d on the second,
+        // which is cut 1 MiB in (all of b, part of d).
+        let proxy = cut_a_mib_down(&srv, 1, server_gone);
+        let dst = tempfile::tempdir().unwrap();
+        let out = run(srv
+            .ferry_at(&proxy.addr.to_string(), "rosa")
+            .args(["get", "--json", "-j", "2"])
+            .args(files.iter().map(|(n, _)| n))
+            .arg(dst.path()));
+        let report = report_of(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("a transfer connection failed")
+                && stderr.contains("trying its 1 unfinished file(s) again"),
+            "{stderr}"
+        );
+        let remotes: Vec<&str> = report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["remote"].as_str().unwrap())
+            .collect();
+        assert_eq!(remotes, ["a.bin", "b.bin", "c.bin", "d.bin"], "in order");
+        for (name, data) in &files[..3] {
+            assert_eq!(&fs::read(dst.path().join(name)).unwrap(), data, "{name}");
+        }
+        let d = entry_of(&report, "d.bin");
+        if server_gone {
+            assert_eq!(out.status.code(), Some(3), "{report}");
+            assert_eq!(report["downloaded"], 3, "{report}");
+            assert_eq!(d["code"], "interrupted", "{report}");
+            assert!(dst.path().join("d.bin.ferry-part").exists());
+        } else {
+            assert!(out.status.success(), "{report}\n{stderr}");
+            assert_eq!(report["downloaded"], 4, "{report}");
+            assert!(d["resumed_from"].as_u64().unwrap() > 0, "{report}");
+            assert_eq!(fs::read(dst.path().join("d.bin")).unwrap(), files[3].1);
+        }
     }
-    // Shared out by bytes: a and c on the first connection, b and d on the second, which
-    // is cut 1 MiB in (all of b, part of d).
-    let proxy = cut_a_mib_down(&srv, 1);
-    let dst = tempfile::tempdir().unwrap();
-    let out = run(srv
-        .ferry_at(&proxy.addr.to_string(), "rosa")
-        .args(["get", "--json", "-j", "2"])
-        .args(files.iter().map(|(n, _)| n))
-        .arg(dst.path()));
-    let report = report_of(&out);
-    assert_eq!(out.status.code(), Some(3), "{report}");
-    assert_eq!(report["downloaded"], 3, "{report}");
-    let remotes: Vec<&str> = report["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["remote"].as_str().unwrap())
-        .collect();
-    assert_eq!(remotes, ["a.bin", "b.bin", "c.bin", "d.bin"], "in order");
-    assert_eq!(
-        entry_of(&report, "d.bin")["code"],
-        "interrupted",
-        "{report}"
-    );
-    for (name, data) in &files[..3] {
-        assert_eq!(&fs::read(dst.path().join(name)).unwrap(), data, "{name}");
-    }
-    assert!(dst.path().join("d.bin.ferry-part").exists());
 }
 
 /// A tree download whose connection fails between listing pages: the files done are
@@ -2008,7 +2024,7 @@ fn a_lost_connection_ends_a_tree_download_with_the_unlisted_rest_reported() {
     write(&home.join("tree/a.bin"), &first);
     write(&home.join("tree/b.bin"), &bytes(69, 4 * 1024 * 1024));
     write(&home.join("tree/c.bin"), &bytes(70, 3000));
-    let proxy = cut_a_mib_down(&srv, 0);
+    let proxy = cut_a_mib_down(&srv, 0, false);
     let dst = tempfile::tempdir().unwrap();
     // One name per listing page: b.bin's download goes with the request for the page
     // that would list c.bin.
@@ -2035,7 +2051,7 @@ fn the_shell_leaves_once_its_connection_fails() {
     let srv = Server::start(&["tove"]);
     let large = bytes(71, 4 * 1024 * 1024);
     write(&srv.home("tove").join("b.bin"), &large);
-    let proxy = cut_a_mib_down(&srv, 0);
+    let proxy = cut_a_mib_down(&srv, 0, false);
     let work = tempfile::tempdir().unwrap();
     let out = run_shell(
         &mut srv.ferry_at(&proxy.addr.to_string(), "tove"),

@@ -239,6 +239,9 @@ pub struct Cut {
     pub nth: usize,
     pub down: bool,
     pub after: u64,
+    /// From the cut on, every new connection is closed as soon as it is accepted (the
+    /// server has gone away, as far as the client can tell).
+    pub then_refuse: bool,
 }
 
 impl SlowProxy {
@@ -256,10 +259,14 @@ impl SlowProxy {
         let up2 = upstream.clone();
         let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rec2 = recorded.clone();
+        let cut_done = Arc::new(AtomicBool::new(false));
         thread::spawn(move || {
             let mut accepted = 0;
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
+                    Ok(_)
+                        if cut_done.load(Ordering::Relaxed)
+                            && cut.is_some_and(|c| c.then_refuse) => {}
                     Ok((client, _)) => {
                         let nth = accepted;
                         accepted += 1;
@@ -275,6 +282,7 @@ impl SlowProxy {
                             (server, client, None, true),
                         ] {
                             let stop3 = stop2.clone();
+                            let cut_done = cut_done.clone();
                             let mut left = cut
                                 .filter(|c| c.nth == nth && c.down == down)
                                 .map(|c| c.after);
@@ -301,6 +309,9 @@ impl SlowProxy {
                                         }
                                     }
                                     thread::sleep(Duration::from_millis(10));
+                                }
+                                if left == Some(0) {
+                                    cut_done.store(true, Ordering::Relaxed);
                                 }
                                 let _ = to.shutdown(std::net::Shutdown::Both);
                                 let _ = from.shutdown(std::net::Shutdown::Both);

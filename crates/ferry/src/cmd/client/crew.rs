@@ -134,26 +134,75 @@ impl Crew {
         // there are connections, and an empty share would only cost its member a task.
         let shares = share_out(sizes, (self.members.len() + 1).min(items.len()));
         let (first, others) = shares.split_first().expect("two or more shares");
-        let running = self.spawn(others, items, member);
+        let running = self.spawn(others, items, &member);
         let mine: Vec<I> = first.iter().map(|&i| items[i].clone()).collect();
         let (main, besides) = own(&mine).await;
         // Gathered even if the own connection failed: no task is left running.
         let mut parts = vec![main.results];
-        for (share, got) in others.iter().zip(self.gather(running).await) {
-            parts.push(match got {
-                Ok(results) => results,
-                Err(e) => share
+        let mut again = Vec::new();
+        for (share, got) in others.iter().zip(self.gather(running, others).await) {
+            if let Some(e) = &got.broken {
+                let left: Vec<usize> = share
                     .iter()
-                    .map(|_| Err(ClientError::interrupted(&e)))
-                    .collect(),
-            });
+                    .zip(&got.results)
+                    .filter(|(_, r)| matches!(r, Err(ClientError::Interrupted(_))))
+                    .map(|(&i, _)| i)
+                    .collect();
+                if !left.is_empty() {
+                    eprintln!(
+                        "ferry: a transfer connection failed ({e}); trying its {} unfinished \
+                         file(s) again",
+                        left.len()
+                    );
+                }
+                again.extend(left);
+            }
+            parts.push(got.results);
         }
-        let results = merge(&shares, parts);
+        let mut results = merge(&shares, parts);
+        if !again.is_empty() {
+            again.sort_unstable();
+            self.retry(items, sizes, &again, &member, &mut results)
+                .await;
+        }
         let done = Transferred {
             results,
             broken: main.broken,
         };
         (done, besides)
+    }
+
+    /// The files of `items` at `again` (indices), which a member whose connection failed left
+    /// interrupted, go once more over the members left and those opened in the failed ones'
+    /// place, each resuming what arrived; their results replace those in `results`. Without
+    /// a connection to take them, they stay interrupted.
+    async fn retry<I, R, F, Fut>(
+        &mut self,
+        items: &[I],
+        sizes: &[u64],
+        again: &[usize],
+        member: &F,
+        results: &mut [Result<R, ClientError>],
+    ) where
+        I: Clone,
+        R: Send + 'static,
+        F: Fn(Client, Vec<I>) -> Fut,
+        Fut: Future<Output = Shift<R>> + Send + 'static,
+    {
+        // As many connections as files (the command's own is busy no more, but stays out).
+        self.man(again.len() + 1).await;
+        if self.members.is_empty() {
+            return;
+        }
+        let retried: Vec<I> = again.iter().map(|&i| items[i].clone()).collect();
+        let retried_sizes: Vec<u64> = again.iter().map(|&i| sizes[i]).collect();
+        let shares = share_out(&retried_sizes, self.members.len().min(retried.len()));
+        let running = self.spawn(&shares, &retried, member);
+        for (share, got) in shares.iter().zip(self.gather(running, &shares).await) {
+            for (&j, r) in share.iter().zip(got.results) {
+                results[again[j]] = r;
+            }
+        }
     }
 
     /// Runs `work` on `shares[k]` of `items` with the k-th member, each in a task of its
@@ -178,24 +227,32 @@ impl Crew {
         Running { tasks }
     }
 
-    /// The results of each share [`Crew::spawn`] started, in its order (`Err`: its task
-    /// died, and why); the members whose connection is still usable rejoin the crew.
+    /// The results of each share [`Crew::spawn`] started for `shares`, in its order; the
+    /// members whose connection is still usable rejoin the crew.
     async fn gather<R>(
         &mut self,
         running: Running<R>,
-    ) -> Vec<Result<Vec<Result<R, ClientError>>, ClientError>> {
+        shares: &[Vec<usize>],
+    ) -> Vec<Transferred<R>> {
         let mut out = Vec::with_capacity(running.tasks.len());
-        for task in running.tasks {
+        for (task, share) in running.tasks.into_iter().zip(shares) {
             match task.await {
                 Ok((client, done)) => {
                     if done.broken.is_none() {
                         self.members.push(client);
                     }
-                    out.push(Ok(done.results));
+                    out.push(done);
                 }
-                Err(e) => out.push(Err(ClientError::Local(format!(
-                    "a transfer connection's task failed: {e}"
-                )))),
+                Err(e) => {
+                    let e = ClientError::Local(format!("a transfer connection's task failed: {e}"));
+                    out.push(Transferred {
+                        results: share
+                            .iter()
+                            .map(|_| Err(ClientError::interrupted(&e)))
+                            .collect(),
+                        broken: Some(e),
+                    });
+                }
             }
         }
         out
