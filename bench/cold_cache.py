@@ -19,10 +19,8 @@ import argparse
 import glob
 import os
 import shutil
-import json
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -32,24 +30,14 @@ import time
 USER, PASSWORD = "bench", "bench-pw"
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from many_gets import read_header, send  # noqa: E402  (the framing, shared by bench/)
+
+
 def call(sock, header):
-    h = json.dumps(header, separators=(",", ":")).encode()
-    sock.sendall(struct.pack("<I", len(h)) + h)
-    (n,) = struct.unpack("<I", recv_exact(sock, 4))
-    reply = json.loads(recv_exact(sock, n))
-    if not reply.get("ok"):
-        raise SystemExit(f"cold_cache: {header['op']} failed: {reply}")
-    return reply
-
-
-def recv_exact(sock, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    return bytes(buf)
+    """One request and its reply (a refusal raises)."""
+    send(sock, header)
+    return read_header(sock)
 
 
 def probe(port, stop, out):

@@ -94,7 +94,7 @@ async fn frame_timeouts_header_and_body() {
     // A body that stalls.
     let mut c = srv.login("alice").await;
     let body = data(1, 100_000);
-    c.write_raw(&put_start("/stall", &body)).await;
+    c.write_raw(&put_start("/stall", &body, 1000)).await;
     let (f, _) = c.recv().await;
     assert_eq!((f.id, f.result.unwrap_err().code), (0, ErrorCode::Timeout));
     c.expect_closed().await;
@@ -108,23 +108,8 @@ async fn graceful_shutdown_lets_transfers_finish() {
     let mut idle = srv.login("bob").await;
     let mut c = srv.login("alice").await;
     let body = data(3, 2 * 1024 * 1024);
-    let mut buf = bytes::BytesMut::new();
-    ferry_proto::RequestFrame {
-        id: 1,
-        request: Request::Put {
-            path: "/inflight".into(),
-            size: body.len() as u64,
-            hash: Some(blake3(&body)),
-            offset: 0,
-            overwrite: false,
-            mtime: None,
-        },
-        body_len: body.len() as u64,
-    }
-    .encode(u32::MAX, &mut buf)
-    .unwrap();
-    buf.extend_from_slice(&body[..1024 * 1024]);
-    c.write_raw(&buf).await;
+    c.write_raw(&put_start("/inflight", &body, 1024 * 1024))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     srv.signal_stop();
     // The idle connection is closed promptly; new connections are refused.
@@ -148,23 +133,7 @@ async fn graceful_shutdown_lets_transfers_finish() {
 async fn grace_period_cuts_stalled_transfers() {
     let mut srv = TestServer::start_with(|c| c.grace = Duration::from_millis(500)).await;
     let mut c = srv.login("alice").await;
-    let mut buf = bytes::BytesMut::new();
-    ferry_proto::RequestFrame {
-        id: 1,
-        request: Request::Put {
-            path: "/never".into(),
-            size: 1000,
-            hash: Some(blake3(&[0; 1000])),
-            offset: 0,
-            overwrite: false,
-            mtime: None,
-        },
-        body_len: 1000,
-    }
-    .encode(u32::MAX, &mut buf)
-    .unwrap();
-    buf.extend_from_slice(&[0; 10]);
-    c.write_raw(&buf).await;
+    c.write_raw(&put_start("/never", &[0; 1000], 10)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
     srv.signal_stop();
@@ -205,8 +174,8 @@ async fn two_hundred_concurrent_clients() {
     srv.stop().await;
 }
 
-/// The header and first KiB of a put of `body` to `path`.
-fn put_start(path: &str, body: &[u8]) -> Vec<u8> {
+/// The header and the first `sent` bytes of a put of `body` to `path`.
+fn put_start(path: &str, body: &[u8], sent: usize) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
     ferry_proto::RequestFrame {
         id: 9,
@@ -222,7 +191,7 @@ fn put_start(path: &str, body: &[u8]) -> Vec<u8> {
     }
     .encode(u32::MAX, &mut buf)
     .unwrap();
-    buf.extend_from_slice(&body[..1024]);
+    buf.extend_from_slice(&body[..sent]);
     buf.to_vec()
 }
 
@@ -240,7 +209,7 @@ async fn a_body_that_only_trickles_is_cut_off() {
     for (path, len) in [("/small", 200_000), ("/large", 1 << 20)] {
         let body = data(2, len);
         let mut c = srv.login("alice").await;
-        c.write_raw(&put_start(path, &body)).await;
+        c.write_raw(&put_start(path, &body, 1024)).await;
         let started = std::time::Instant::now();
         let drip = tokio::spawn(async move {
             for b in &body[1024..1024 + 60] {
@@ -266,7 +235,7 @@ async fn a_body_that_only_trickles_is_cut_off() {
     // 80 KiB every 300 ms: slow, but each frame timeout brings more than 64 KiB.
     let body = data(3, 1 << 20);
     let mut c = srv.login("alice").await;
-    c.write_raw(&put_start("/slow", &body)).await;
+    c.write_raw(&put_start("/slow", &body, 1024)).await;
     for piece in body[1024..].chunks(80 * 1024) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.stream.write_all(piece).await.unwrap();
