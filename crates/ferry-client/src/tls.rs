@@ -88,12 +88,12 @@ pub(crate) struct Prepared {
     pub verifier: Option<Arc<TofuVerifier>>,
 }
 
-/// ring's suites with AES-128-GCM offered first. The server follows the client's order, and
-/// ring's default puts AES-256-GCM first: 14 AES rounds a block instead of 10, which made
+/// aws-lc-rs's suites with AES-128-GCM offered first. The server follows the client's order,
+/// and rustls's default puts AES-256-GCM first: 14 AES rounds a block instead of 10, which made
 /// encryption and decryption of a 1 GiB transfer about a fifth dearer on each end, for no
 /// security a file transfer needs (scp's benchmark cipher is aes128-gcm too).
 fn provider() -> Arc<CryptoProvider> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     let aes128 = |s: &rustls::SupportedCipherSuite| {
         matches!(
             s.suite(),
@@ -102,7 +102,7 @@ fn provider() -> Arc<CryptoProvider> {
                 | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
         )
     };
-    // Stable: TLS 1.3 suites stay ahead of TLS 1.2 ones, and the rest keep ring's order.
+    // Stable: TLS 1.3 suites stay ahead of TLS 1.2 ones, and the rest keep rustls's order.
     provider
         .cipher_suites
         .sort_by_key(|s| (s.tls13().is_none(), !aes128(s)));
@@ -309,6 +309,53 @@ pub fn changed_message(host_port: &str, pinned: &Digest, offered: &Digest, file:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handshake in memory against a server on the same provider's defaults (as `ferry
+    /// serve` builds it): the client's order decides the suite, and its first key share the
+    /// group.
+    #[test]
+    fn offers_aes128_gcm_and_post_quantum_key_exchange_first() {
+        use rustls::pki_types::PrivateKeyDer;
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = prepare(None, &dir.path().join("known_hosts"), "localhost:9696").unwrap();
+        let mut client =
+            rustls::ClientConnection::new(prepared.config, server_name("localhost:9696").unwrap())
+                .unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+        let mut wire = Vec::new();
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            wire.clear();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            wire.clear();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking(), "the handshake did not finish");
+        assert_eq!(
+            client.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        assert_eq!(
+            client.negotiated_key_exchange_group().map(|g| g.name()),
+            Some(rustls::NamedGroup::X25519MLKEM768)
+        );
+    }
 
     #[test]
     fn known_hosts_lookup_takes_the_last_matching_line() {
