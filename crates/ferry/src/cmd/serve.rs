@@ -155,7 +155,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all().max_blocking_threads(1024);
+    rt.enable_all()
+        .max_blocking_threads(blocking_threads(config.max_connections));
     if let Some(n) = args.threads {
         rt.worker_threads(n.max(1));
     }
@@ -190,6 +191,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.shutdown_timeout(Duration::from_secs(2));
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Threads for the blocking pool: one per connection (a large upload holds one for as long as
+/// its body flows, and a connection has one upload at a time) and 128 more, so short tasks
+/// (a batch of small files, a login's argon2id, a hash) never queue behind all of them; never
+/// fewer than tokio's default of 512. Threads are made only when needed and leave after 10 s
+/// idle.
+fn blocking_threads(max_connections: usize) -> usize {
+    (max_connections + 128).max(512)
 }
 
 /// Keeps glibc from raising its mmap threshold after the first argon2id check: each check
@@ -234,5 +244,12 @@ mod tests {
         assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn every_connection_can_hold_a_blocking_thread_with_room_to_spare() {
+        assert_eq!(blocking_threads(1024), 1152);
+        assert_eq!(blocking_threads(10_000), 10_128);
+        assert_eq!(blocking_threads(1), 512);
     }
 }
