@@ -539,8 +539,8 @@ impl Conn {
 
     /// Flushes the replies, then sends `len` bytes of `file` from `offset`: on plain TCP with
     /// `sendfile(2)`, straight from the page cache to the socket; over TLS through a buffer,
-    /// since the bytes must be encrypted. A file that shrinks under us fails the connection
-    /// (the declared body length can no longer be honoured).
+    /// since the bytes must be encrypted. A file that shrinks under us (changed on the host
+    /// meanwhile) is completed with zeros ([`Conn::pad_shrunk`]).
     pub async fn send_file(&mut self, file: &File, offset: u64, len: u64) -> Result<(), ConnError> {
         self.flush().await?;
         let stream = match &self.stream {
@@ -571,13 +571,7 @@ impl Conn {
                 }
             });
             match res {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shrank while it was being sent",
-                    )
-                    .into());
-                }
+                Ok(0) => return self.pad_shrunk(off as u64, end).await,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
@@ -592,21 +586,40 @@ impl Conn {
 
     /// Flushes the replies, then sends `len` filler bytes from memory (the `bench` body).
     pub async fn send_filler(&mut self, len: u64) -> Result<(), ConnError> {
-        /// Zeros, shared by every bench: nothing is allocated per request.
-        static FILLER: [u8; 256 * 1024] = [0; 256 * 1024];
         self.flush().await?;
+        self.send_zeros(len, "sending a bench body").await
+    }
+
+    /// Completes the body of a file that shrank while it was sent, from `at` to `end`, with
+    /// zeros. Its reply already announced the size and the hash, so the body must still be
+    /// that long for the connection to go on; the client's hash check then refuses this one
+    /// file (unless the lost tail was zeros, in which case the bytes sent are the very bytes
+    /// the hash describes), as a client gives up an upload.
+    async fn pad_shrunk(&mut self, at: u64, end: u64) -> Result<(), ConnError> {
+        tracing::warn!(
+            at,
+            end,
+            "a file shrank while it was sent (changed outside ferry); the rest goes as zeros \
+             and the client's hash check refuses it"
+        );
+        self.send_zeros(end - at, "sending a file").await
+    }
+
+    async fn send_zeros(&mut self, len: u64, what: &'static str) -> Result<(), ConnError> {
+        /// Zeros, shared by every connection: nothing is allocated per body.
+        static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
         let mut left = len;
         while left > 0 {
-            let n = left.min(FILLER.len() as u64) as usize;
-            match timeout(self.frame_timeout, self.stream.write_all(&FILLER[..n])).await {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            match timeout(self.frame_timeout, self.stream.write_all(&ZEROS[..n])).await {
                 Ok(r) => r?,
-                Err(_) => return Err(ConnError::Timeout("sending a bench body")),
+                Err(_) => return Err(ConnError::Timeout(what)),
             }
             left -= n as u64;
         }
         match timeout(self.frame_timeout, self.stream.flush()).await {
             Ok(r) => r?,
-            Err(_) => return Err(ConnError::Timeout("sending a bench body")),
+            Err(_) => return Err(ConnError::Timeout(what)),
         }
         Ok(())
     }
@@ -619,11 +632,7 @@ impl Conn {
             let want = ((windows.cached_from(off).await? - off) as usize).min(buf.len());
             let n = file.read_at(&mut buf[..want], off)?;
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shrank while it was being sent",
-                )
-                .into());
+                return self.pad_shrunk(off, end).await;
             }
             match timeout(self.frame_timeout, self.stream.write_all(&buf[..n])).await {
                 Ok(r) => r?,

@@ -2137,6 +2137,69 @@ fn a_file_that_shrinks_while_uploaded_fails_alone() {
     }
 }
 
+/// A file that shrinks on the server while it is downloaded (changed on the host, outside
+/// ferry) fails alone: the server completes the announced body with zeros, the client's hash
+/// check refuses it and keeps nothing of it, and the file after it arrives over the same
+/// connection. Plain TCP (sendfile) and TLS alike. Fetched again, it arrives as it is now.
+#[test]
+fn a_file_that_shrinks_on_the_server_while_downloaded_fails_alone() {
+    const BIG: usize = 32 * 1024 * 1024;
+    for (srv, user) in [
+        (Server::start_plain(&["wilma"]), "wilma"),
+        (Server::start(&["wilma"]), "wilma"),
+    ] {
+        let home = srv.home(user);
+        write(&home.join("big.bin"), &bytes(74, BIG));
+        write(&home.join("z.txt"), b"after it");
+        let dest = tempfile::tempdir().unwrap();
+        // ~12 MB/s: the server runs at most the socket buffers (a few MiB) ahead of the client.
+        let proxy = SlowProxy::start(srv.addr, 128 * 1024);
+        let child = srv
+            .ferry_at(&proxy.addr.to_string(), user)
+            .args(["get", "--json", "big.bin", "z.txt"])
+            .arg(dest.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(30, "part of the download to pass", || {
+            proxy.downstream.load(Ordering::Relaxed) > 1024 * 1024
+        });
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(home.join("big.bin"))
+            .unwrap();
+        f.set_len(1024 * 1024 + 5).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = report_of(&out);
+        assert_eq!(out.status.code(), Some(6), "verification failed: {report}");
+        assert_eq!(report["downloaded"], 1, "{report}");
+        assert_eq!(entry_of(&report, "z.txt")["ok"], true, "{report}");
+        assert_eq!(
+            entry_of(&report, "big.bin")["code"],
+            "checksum_mismatch",
+            "{report}"
+        );
+        assert_eq!(fs::read(dest.path().join("z.txt")).unwrap(), b"after it");
+        let left: Vec<_> = fs::read_dir(dest.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["z.txt"], "nothing of big.bin is kept");
+
+        let again = json(
+            srv.ferry(user)
+                .args(["get", "--json", "big.bin"])
+                .arg(dest.path()),
+        );
+        assert_eq!(again["downloaded"], 1, "{again}");
+        assert_eq!(
+            fs::read(dest.path().join("big.bin")).unwrap(),
+            bytes(74, BIG)[..1024 * 1024 + 5]
+        );
+    }
+}
+
 /// A file that grows while it is uploaded (a log appended to) is uploaded as the size it had
 /// when its upload began, verified: not refused for a hash over more than was sent.
 #[test]

@@ -135,7 +135,7 @@ pub fn open(
 }
 
 /// The body, if it is small enough and fits the budget and the file still holds all of it
-/// (one that shrank is left to `sendfile`, which fails the connection as it must).
+/// (one that shrank is left to `Conn::send_file`, which completes it with zeros).
 fn read_inline(file: &File, offset: u64, len: u64, budget: &mut u64) -> Option<Vec<u8>> {
     if len > INLINE_GET || len > *budget {
         return None;

@@ -226,6 +226,8 @@ pub struct SlowProxy {
     pub addr: SocketAddr,
     /// Bytes forwarded from clients to the server so far.
     pub upstream: Arc<AtomicU64>,
+    /// Bytes forwarded from the server to clients so far.
+    pub downstream: Arc<AtomicU64>,
     /// The first MiB of what clients sent, to check what crosses the wire.
     pub recorded: Arc<std::sync::Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
@@ -257,6 +259,8 @@ impl SlowProxy {
         let stop2 = stop.clone();
         let upstream = Arc::new(AtomicU64::new(0));
         let up2 = upstream.clone();
+        let downstream = Arc::new(AtomicU64::new(0));
+        let down2 = downstream.clone();
         let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rec2 = recorded.clone();
         let cut_done = Arc::new(AtomicBool::new(false));
@@ -272,14 +276,15 @@ impl SlowProxy {
                         accepted += 1;
                         client.set_nonblocking(false).unwrap();
                         let server = TcpStream::connect(target).unwrap();
-                        for (mut from, mut to, count, down) in [
+                        for (mut from, mut to, count, record, down) in [
                             (
                                 client.try_clone().unwrap(),
                                 server.try_clone().unwrap(),
-                                Some((up2.clone(), rec2.clone())),
+                                up2.clone(),
+                                Some(rec2.clone()),
                                 false,
                             ),
-                            (server, client, None, true),
+                            (server, client, down2.clone(), None, true),
                         ] {
                             let stop3 = stop2.clone();
                             let cut_done = cut_done.clone();
@@ -299,8 +304,8 @@ impl SlowProxy {
                                             if let Some(l) = left.as_mut() {
                                                 *l -= n as u64;
                                             }
-                                            if let Some((c, rec)) = &count {
-                                                c.fetch_add(n as u64, Ordering::Relaxed);
+                                            count.fetch_add(n as u64, Ordering::Relaxed);
+                                            if let Some(rec) = &record {
                                                 let mut rec = rec.lock().unwrap();
                                                 if rec.len() < 1 << 20 {
                                                     rec.extend_from_slice(&buf[..n]);
@@ -325,6 +330,7 @@ impl SlowProxy {
         SlowProxy {
             addr,
             upstream,
+            downstream,
             recorded,
             stop,
         }
