@@ -2200,6 +2200,64 @@ fn a_file_that_shrinks_on_the_server_while_downloaded_fails_alone() {
     }
 }
 
+/// A large download that cannot be written locally (here the file-size limit, as a full disk
+/// would do) fails alone with that error, keeping what was written as a partial; the file
+/// after it arrives over the same connection, and the command run again resumes it.
+#[test]
+fn a_download_that_cannot_be_written_fails_alone_and_resumes() {
+    use std::os::unix::process::CommandExt;
+    const LIMIT: u64 = 3 << 20;
+    let srv = Server::start(&["xena"]);
+    let home = srv.home("xena");
+    let big = bytes(75, 8 * 1024 * 1024);
+    write(&home.join("big.bin"), &big);
+    write(&home.join("z.txt"), b"after it");
+    let dest = tempfile::tempdir().unwrap();
+    let mut cmd = srv.ferry("xena");
+    cmd.args(["get", "--json", "big.bin", "z.txt"])
+        .arg(dest.path());
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A write past the limit then fails with EFBIG instead of killing the process.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = run(&mut cmd);
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["downloaded"], 1, "{report}");
+    assert_eq!(entry_of(&report, "z.txt")["ok"], true, "{report}");
+    let failed = entry_of(&report, "big.bin");
+    assert_eq!(failed["code"], "local", "{report}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("too large"),
+        "{report}"
+    );
+    assert_eq!(fs::read(dest.path().join("z.txt")).unwrap(), b"after it");
+    assert!(!dest.path().join("big.bin").exists());
+    let partial = dest.path().join("big.bin.ferry-part");
+    assert_eq!(fs::metadata(&partial).unwrap().len(), LIMIT);
+
+    let again = json(
+        srv.ferry("xena")
+            .args(["get", "--json", "big.bin"])
+            .arg(dest.path()),
+    );
+    assert_eq!(again["downloaded"], 1, "{again}");
+    assert_eq!(again["files"][0]["resumed_from"], LIMIT, "{again}");
+    assert_eq!(fs::read(dest.path().join("big.bin")).unwrap(), big);
+    assert!(!partial.exists());
+}
+
 /// A file that grows while it is uploaded (a log appended to) is uploaded as the size it had
 /// when its upload began, verified: not refused for a hash over more than was sent.
 #[test]
