@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use common::{BIN, Cut, Server, SlowProxy, bytes, json, ok, run, wait_until};
+use common::{BIN, Cut, Server, SlowProxy, bytes, json, ok, run, spawn_piped, wait_until};
 use ferry_proto::{Digest, HashAlgo};
 
 fn write(path: &Path, data: &[u8]) {
@@ -395,14 +395,12 @@ fn resumed_upload_of_a_rewritten_file_starts_over_and_is_identical() {
 /// Runs `ferry shell -q` in `dir` with `script` (lines) on its stdin.
 fn run_shell(ferry: &mut Command, dir: &Path, script: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = ferry
-        .args(["shell", "-q"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(
+        ferry
+            .args(["shell", "-q"])
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped()),
+    );
     writeln!(child.stdin.take().unwrap(), "{script}").unwrap();
     child.wait_with_output().unwrap()
 }
@@ -1205,14 +1203,11 @@ fn a_file_that_appears_during_a_download_is_not_replaced() {
     write(&home.join("tree/z.txt"), &small);
     let proxy = SlowProxy::start(srv.addr, 64 * 1024);
     let dst = tempfile::tempdir().unwrap();
-    let child = srv
-        .ferry_at(&proxy.addr.to_string(), "liam")
-        .args(["get", "-r", "--json", "tree"])
-        .arg(dst.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(
+        srv.ferry_at(&proxy.addr.to_string(), "liam")
+            .args(["get", "-r", "--json", "tree"])
+            .arg(dst.path()),
+    );
     let partial = dst.path().join("tree/a-big.bin.ferry-part");
     wait_until(30, "the big download to start", || partial.exists());
     write(&dst.path().join("tree/z.txt"), b"written meanwhile");
@@ -1300,14 +1295,11 @@ fn recursive_put_sends_what_files_hold_when_read_not_when_listed() {
     write(&tree.join("turns-large.bin"), &bytes(44, 10));
     write(&tree.join("vanishes.txt"), &bytes(45, 10));
     let proxy = SlowProxy::start(srv.addr, 64 * 1024);
-    let child = srv
-        .ferry_at(&proxy.addr.to_string(), "nils")
-        .args(["put", "-r", "--json"])
-        .arg(&tree)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(
+        srv.ferry_at(&proxy.addr.to_string(), "nils")
+            .args(["put", "-r", "--json"])
+            .arg(&tree),
+    );
     wait_until(30, "the big upload to start", || {
         proxy.upstream.load(Ordering::Relaxed) > 256 * 1024
     });
@@ -1784,14 +1776,7 @@ fn an_upload_busy_with_an_interrupted_one_waits_for_it_to_go() {
     let (data, mut first, proxy) = start_slow_upload(&srv, "max", &file);
     // A second one meanwhile: `busy`, tried again until the first is gone (killed here a
     // second later, as by Ctrl-C), then it finishes, continuing what the first left.
-    let second = srv
-        .ferry("max")
-        .args(["put", "--json"])
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let second = spawn_piped(srv.ferry("max").args(["put", "--json"]).arg(&file));
     std::thread::sleep(std::time::Duration::from_secs(1));
     first.kill().unwrap();
     first.wait().unwrap();
@@ -2078,16 +2063,13 @@ fn put_changing(
     meanwhile: impl FnOnce(&Path),
 ) -> std::process::Output {
     let proxy = SlowProxy::start(srv.addr, 64 * 1024);
-    let child = srv
-        .ferry_at(&proxy.addr.to_string(), user)
-        .args(["put", "--json"])
-        .arg(dir.join("big.bin"))
-        .arg(dir.join("z.txt"))
-        .arg("/")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(
+        srv.ferry_at(&proxy.addr.to_string(), user)
+            .args(["put", "--json"])
+            .arg(dir.join("big.bin"))
+            .arg(dir.join("z.txt"))
+            .arg("/"),
+    );
     wait_until(30, "part of the upload to pass", || {
         proxy.upstream.load(Ordering::Relaxed) > 2 * 1024 * 1024
     });
@@ -2154,14 +2136,11 @@ fn a_file_that_shrinks_on_the_server_while_downloaded_fails_alone() {
         let dest = tempfile::tempdir().unwrap();
         // ~12 MB/s: the server runs at most the socket buffers (a few MiB) ahead of the client.
         let proxy = SlowProxy::start(srv.addr, 128 * 1024);
-        let child = srv
-            .ferry_at(&proxy.addr.to_string(), user)
-            .args(["get", "--json", "big.bin", "z.txt"])
-            .arg(dest.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_piped(
+            srv.ferry_at(&proxy.addr.to_string(), user)
+                .args(["get", "--json", "big.bin", "z.txt"])
+                .arg(dest.path()),
+        );
         wait_until(30, "part of the download to pass", || {
             proxy.downstream.load(Ordering::Relaxed) > 1024 * 1024
         });

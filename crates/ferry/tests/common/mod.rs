@@ -157,6 +157,15 @@ pub fn add_user(root: &Path, name: &str, extra: &[&str]) {
     );
 }
 
+/// Starts a command with its output captured, for a test that acts while it runs (and then
+/// takes the output with `wait_with_output`).
+pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs a command with a deadline, returning its output. The pipes are drained while it
 /// runs, so a command that prints a lot cannot block on a full pipe.
 pub fn run(cmd: &mut Command) -> Output {
