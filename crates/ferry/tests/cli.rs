@@ -2077,6 +2077,30 @@ fn put_changing(
     child.wait_with_output().unwrap()
 }
 
+/// Checks the report of a two-file transfer (`count_key`: "uploaded" or "downloaded") in which
+/// `failed` failed with `code` and exit code `exit` while the other file, z.txt, went through;
+/// returns the failure's message.
+fn failed_alone(
+    out: &std::process::Output,
+    count_key: &str,
+    failed: &str,
+    code: &str,
+    exit: i32,
+) -> String {
+    let report = report_of(out);
+    assert_eq!(out.status.code(), Some(exit), "{report}");
+    assert_eq!(report[count_key], 1, "{report}");
+    let z = if failed.starts_with('/') {
+        "/z.txt"
+    } else {
+        "z.txt"
+    };
+    assert_eq!(entry_of(&report, z)["ok"], true, "{report}");
+    let entry = entry_of(&report, failed);
+    assert_eq!(entry["code"], code, "{report}");
+    entry["message"].as_str().unwrap().to_owned()
+}
+
 /// A file that shrinks while it is uploaded (a log rotated, say) fails alone, with a clear
 /// message, and nothing of it appears; the file after it still goes over the same connection
 /// (the body was completed and declared with a hash it cannot have, so the server refused
@@ -2094,13 +2118,7 @@ fn a_file_that_shrinks_while_uploaded_fails_alone() {
             let f = fs::OpenOptions::new().write(true).open(big).unwrap();
             f.set_len(1024 * 1024 + 5).unwrap();
         });
-        let report = report_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{report}");
-        assert_eq!(report["uploaded"], 1, "{report}");
-        assert_eq!(entry_of(&report, "/z.txt")["ok"], true, "{report}");
-        let big = entry_of(&report, "/big.bin");
-        assert_eq!(big["code"], "local", "{report}");
-        let message = big["message"].as_str().unwrap();
+        let message = failed_alone(&out, "uploaded", "/big.bin", "local", 1);
         assert!(message.contains("shrank"), "{message}");
         assert_eq!(fs::read(srv.home(user).join("z.txt")).unwrap(), b"after it");
         assert!(!srv.home(user).join("big.bin").exists());
@@ -2150,15 +2168,7 @@ fn a_file_that_shrinks_on_the_server_while_downloaded_fails_alone() {
             .unwrap();
         f.set_len(1024 * 1024 + 5).unwrap();
         let out = child.wait_with_output().unwrap();
-        let report = report_of(&out);
-        assert_eq!(out.status.code(), Some(6), "verification failed: {report}");
-        assert_eq!(report["downloaded"], 1, "{report}");
-        assert_eq!(entry_of(&report, "z.txt")["ok"], true, "{report}");
-        assert_eq!(
-            entry_of(&report, "big.bin")["code"],
-            "checksum_mismatch",
-            "{report}"
-        );
+        failed_alone(&out, "downloaded", "big.bin", "checksum_mismatch", 6);
         assert_eq!(fs::read(dest.path().join("z.txt")).unwrap(), b"after it");
         let left: Vec<_> = fs::read_dir(dest.path())
             .unwrap()
@@ -2211,16 +2221,8 @@ fn a_download_that_cannot_be_written_fails_alone_and_resumes() {
         });
     }
     let out = run(&mut cmd);
-    let report = report_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{report}");
-    assert_eq!(report["downloaded"], 1, "{report}");
-    assert_eq!(entry_of(&report, "z.txt")["ok"], true, "{report}");
-    let failed = entry_of(&report, "big.bin");
-    assert_eq!(failed["code"], "local", "{report}");
-    assert!(
-        failed["message"].as_str().unwrap().contains("too large"),
-        "{report}"
-    );
+    let message = failed_alone(&out, "downloaded", "big.bin", "local", 1);
+    assert!(message.contains("too large"), "{message}");
     assert_eq!(fs::read(dest.path().join("z.txt")).unwrap(), b"after it");
     assert!(!dest.path().join("big.bin").exists());
     let partial = dest.path().join("big.bin.ferry-part");
