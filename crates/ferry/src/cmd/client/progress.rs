@@ -1,5 +1,6 @@
 //! Progress bars on stderr: one per file, and an overall one when there are several files.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,6 +20,10 @@ pub struct Bars {
     file_style: ProgressStyle,
     overall: Option<ProgressBar>,
     current: Mutex<Option<ProgressBar>>,
+    /// Files started so far. One started again is a retry (`-j`, after a connection failed):
+    /// the part it resumes from was counted as it arrived the first time, so the overall bar
+    /// does not count it again.
+    started: Mutex<HashSet<String>>,
     files: AtomicUsize,
     done: AtomicUsize,
 }
@@ -56,6 +61,17 @@ impl Bars {
         } else {
             ProgressDrawTarget::hidden()
         };
+        Self::drawn_to(target, visible, per_file, files, total, overall)
+    }
+
+    fn drawn_to(
+        target: ProgressDrawTarget,
+        visible: bool,
+        per_file: bool,
+        files: usize,
+        total: u64,
+        overall: bool,
+    ) -> Self {
         let multi = MultiProgress::with_draw_target(target);
         let overall = (visible && overall).then(|| {
             let bar = multi.add(ProgressBar::new(total));
@@ -79,6 +95,7 @@ impl Bars {
             .expect("valid template"),
             overall,
             current: Mutex::new(None),
+            started: Mutex::new(HashSet::new()),
             files: AtomicUsize::new(files),
             done: AtomicUsize::new(0),
         }
@@ -97,9 +114,15 @@ impl Progress for Bars {
         if !self.visible {
             return;
         }
+        let retried = !self
+            .started
+            .lock()
+            .expect("progress lock")
+            .insert(name.to_owned());
+        let already_counted = if retried { already } else { 0 };
         if !self.per_file {
             if let Some(o) = &self.overall {
-                o.inc(already);
+                o.inc(already - already_counted);
             }
             return;
         }
@@ -108,7 +131,7 @@ impl Progress for Bars {
         bar.set_message(name.to_owned());
         bar.set_position(already);
         if let Some(o) = &self.overall {
-            o.inc(already);
+            o.inc(already - already_counted);
         }
         if let Some(old) = self.current.lock().expect("progress lock").replace(bar) {
             old.finish_and_clear();
@@ -135,6 +158,34 @@ impl Progress for Bars {
         if let Some(o) = &self.overall {
             let files = self.files.load(Ordering::Relaxed);
             o.set_message(format!("{done}/{files} files"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overall(bars: &Bars) -> u64 {
+        bars.overall.as_ref().expect("an overall bar").position()
+    }
+
+    /// A file retried after its connection failed resumes from what arrived, which the overall
+    /// bar counted as it arrived: it ends at the total, not past it.
+    #[test]
+    fn a_retried_file_is_counted_once() {
+        for per_file in [false, true] {
+            let bars = Bars::drawn_to(ProgressDrawTarget::hidden(), true, per_file, 2, 300, true);
+            bars.start_file("a", 100, 0);
+            bars.advance(60);
+            bars.start_file("b", 200, 50); // resumed from an earlier command: not yet counted
+            bars.advance(150);
+            bars.finish_file("b", true);
+            assert_eq!(overall(&bars), 260);
+            bars.start_file("a", 100, 60); // the retry, resuming what arrived
+            bars.advance(40);
+            bars.finish_file("a", true);
+            assert_eq!(overall(&bars), 300, "per_file {per_file}");
         }
     }
 }
