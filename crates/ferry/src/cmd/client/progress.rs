@@ -32,13 +32,21 @@ impl Bars {
     /// Bars for `files` files of `total` bytes in all; hidden when `visible` is false.
     /// `per_file`: see [`Bars::per_file`].
     pub fn new(visible: bool, per_file: bool, files: usize, total: u64) -> Self {
-        Self::with_overall(visible, per_file, files, total, files > 1 || !per_file)
+        let overall = files > 1 || !per_file;
+        Self::drawn_to(
+            Self::target(visible),
+            visible,
+            per_file,
+            files,
+            total,
+            overall,
+        )
     }
 
     /// Bars for a download whose files are found as it goes (a tree listed page by page):
     /// [`Self::grow`] adds them.
     pub fn growing(visible: bool, per_file: bool) -> Self {
-        Self::with_overall(visible, per_file, 0, 0, true)
+        Self::drawn_to(Self::target(visible), visible, per_file, 0, 0, true)
     }
 
     /// Adds `files` files of `bytes` bytes in all to what the overall bar expects.
@@ -49,19 +57,12 @@ impl Bars {
         }
     }
 
-    fn with_overall(
-        visible: bool,
-        per_file: bool,
-        files: usize,
-        total: u64,
-        overall: bool,
-    ) -> Self {
-        let target = if visible {
+    fn target(visible: bool) -> ProgressDrawTarget {
+        if visible {
             ProgressDrawTarget::stderr_with_hz(10)
         } else {
             ProgressDrawTarget::hidden()
-        };
-        Self::drawn_to(target, visible, per_file, files, total, overall)
+        }
     }
 
     fn drawn_to(
