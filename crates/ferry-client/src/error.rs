@@ -53,6 +53,12 @@ impl ClientError {
         }
     }
 
+    /// A local file's failure that leaves the connection, if any, usable: reported as a local
+    /// problem (exit code 1), not as the network's.
+    pub(crate) fn local_file(path: &std::path::Path, e: std::io::Error) -> Self {
+        ClientError::Local(format!("{}: {e}", path.display()))
+    }
+
     /// The wire error code, when the server answered with one.
     pub fn remote_code(&self) -> Option<ErrorCode> {
         match self {

@@ -117,7 +117,7 @@ pub(crate) fn prepare(ca: Option<&Path>, known_hosts: &Path, host_port: &str) ->
         .map_err(|e| ClientError::Local(format!("TLS set-up: {e}")))?;
     if let Some(ca) = ca {
         let mut roots = RootCertStore::empty();
-        let pem = fs::read(ca).map_err(|e| ClientError::io(ca.display().to_string(), e))?;
+        let pem = fs::read(ca).map_err(|e| ClientError::local_file(ca, e))?;
         let mut added = 0;
         for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
             let cert: CertificateDer<'static> =
@@ -207,15 +207,14 @@ impl TofuVerifier {
     pub(crate) fn remember(&self, fp: &Digest) -> Result<()> {
         let path = &self.known_hosts;
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| ClientError::io(dir.display().to_string(), e))?;
+            fs::create_dir_all(dir).map_err(|e| ClientError::local_file(dir, e))?;
         }
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| ClientError::io(path.display().to_string(), e))?;
-        writeln!(f, "{} {fp}", self.host_port)
-            .map_err(|e| ClientError::io(path.display().to_string(), e))
+            .map_err(|e| ClientError::local_file(path, e))?;
+        writeln!(f, "{} {fp}", self.host_port).map_err(|e| ClientError::local_file(path, e))
     }
 
     pub(crate) fn known_hosts(&self) -> &Path {

@@ -122,13 +122,13 @@ pub struct Transferred<T> {
 
 /// Hashes a local file with blake3, reading it in large pieces.
 pub fn hash_file(path: &Path, algo: HashAlgo) -> Result<Digest> {
-    let mut file = File::open(path).map_err(|e| ClientError::io(path.display().to_string(), e))?;
+    let mut file = File::open(path).map_err(|e| ClientError::local_file(path, e))?;
     let mut hasher = Hasher::new(algo);
     let mut buf = vec![0u8; crate::conn::IO_CHUNK];
     loop {
         let n = file
             .read(&mut buf)
-            .map_err(|e| ClientError::io(path.display().to_string(), e))?;
+            .map_err(|e| ClientError::local_file(path, e))?;
         if n == 0 {
             break;
         }
@@ -762,7 +762,7 @@ async fn send_one_put(
     // Before this item's header is queued, nothing of it is on the wire: a file that went
     // away or cannot be read since it was listed fails alone, and the other files still go.
     // (As an I/O error it used to end the whole transfer, as a network failure.)
-    let unreadable = |e| local_file(&item.local, e);
+    let unreadable = |e| ClientError::local_file(&item.local, e);
     let mut file = File::open(&item.local).map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
     if !meta.is_file() {
@@ -847,12 +847,6 @@ async fn send_one_put(
             })
         }
     }
-}
-
-/// A local file's failure that leaves the connection usable (the item fails alone): reported
-/// as a local problem (exit code 1), not as the network's.
-fn local_file(path: &Path, e: std::io::Error) -> ClientError {
-    ClientError::Local(format!("{}: {e}", path.display()))
 }
 
 /// Why an upload is refused on purpose: the file shrank to `now` bytes of the `size` its
@@ -1274,7 +1268,7 @@ impl HashWorker {
         let hasher = thread.join().map_err(|_| hasher_died())?;
         let hasher = hasher.map_err(|e| match e {
             WorkerError::Prefix(e) => ClientError::io("hashing the resumed prefix", e),
-            WorkerError::Write(e) => local_file(partial, e),
+            WorkerError::Write(e) => ClientError::local_file(partial, e),
         })?;
         Ok(hasher.finalize())
     }
@@ -1432,7 +1426,7 @@ impl DownloadSink {
     ) -> Result<Self> {
         let overwrite = opts.overwrite;
         let partial = partial_path(&item.local, PARTIAL_SUFFIX);
-        let io = |e| local_file(&partial, e);
+        let io = |e| ClientError::local_file(&partial, e);
         let mut hasher = Hasher::new(expected.algo());
         let large = size >= LARGE_FILE;
         if !large && offset == 0 {
@@ -1443,7 +1437,7 @@ impl DownloadSink {
                     let path = partial_path(&item.local, leftover);
                     match fs::remove_file(&path) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(local_file(&path, e));
+                            return Err(ClientError::local_file(&path, e));
                         }
                         _ => {}
                     }
@@ -1521,7 +1515,7 @@ impl DownloadSink {
         progress: &dyn Progress,
     ) -> Result<Option<ClientError>> {
         let partial = self.partial.as_ref().unwrap_or(&self.target);
-        let io = |e| local_file(partial, e);
+        let io = |e| ClientError::local_file(partial, e);
         let mut local_error = None;
         match &mut self.hasher {
             SinkHasher::Inline(hasher) => {
@@ -1598,7 +1592,7 @@ impl DownloadSink {
                 actual,
             });
         }
-        let io = |e| local_file(&self.target, e);
+        let io = |e| ClientError::local_file(&self.target, e);
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
         // On the open descriptor (futimens), which saves looking the path up again.
         let _ = self.file.set_modified(when);

@@ -135,6 +135,16 @@ fn certificates_from_a_ca_are_verified_with_ca() {
         .arg("--ca")
         .arg(dir.path().join("other.pem")));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+
+    // A CA file that is not there is a local problem (exit code 1), named.
+    let missing = dir.path().join("missing.pem");
+    let out = run(srv.ferry("carol").arg("pwd").arg("--ca").arg(&missing));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(missing.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A CA, and a certificate it signed for 127.0.0.1 and localhost, all PEM.
